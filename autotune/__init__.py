@@ -1,0 +1,1 @@
+"""Bayesian optimisation of serving configs on the simulator (ask/tell tuner, baselines, reports)."""

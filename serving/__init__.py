@@ -1,0 +1,1 @@
+"""The real serving path: models, parameter stores and the Ray Serve application."""
