@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: install run test lint typecheck unit bench clean
 
-$(STAMP): pyproject.toml setup.py simulator/_cache.pyx
+$(STAMP): pyproject.toml setup.py simulator/_cache.pyx simulator/_zipf.pyx
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)"

@@ -1,0 +1,634 @@
+"""The SimPy engine: a pipeline of Ray Serve deployments, request by request.
+
+Each rule is Ray Serve's own (ray 2.60, python/ray/serve):
+- Router (`request_router/pow_2_router.py`): a request goes to one of two replicas sampled at
+  random, the one with fewer ongoing requests, and never to a replica already holding
+  `max_ongoing_requests`. Ray samples from all replicas and retries with back-off when both are
+  full; here the two are sampled among replicas with room, and a waiting request is placed the
+  moment a slot frees (the back-off delay is not modelled). Waiting requests queue FIFO at the
+  router; past `max_queued_requests` (-1 = unbounded) a new request is rejected — the proxy's
+  HTTP 503 — and counted as shed. One router per stage stands for all its callers.
+- Replica (`batching.py`, `_BatchQueue`): requests enter the replica's batch queue. The batching
+  loop takes the first waiting request, then the batch closes when it holds `max_batch_size`
+  requests or `batch_wait_timeout_s` after that first request, whichever is first; the loop then
+  starts the next batch at once. A closed batch waits on a semaphore of `max_concurrent_batches`.
+  Because a replica never holds more than `max_ongoing_requests`, no batch can exceed it either.
+- Feature stage: when a batch starts, its requests' keys are cut (popularity rank ≥ cutoff_rank
+  is skipped) and replayed through the replica's own cache (`simulator.cache`, the one the
+  serving path uses); the distinct misses cost one parameter-store multi-get.
+- Overheads: the HTTP proxy before the first stage and after the last, and a handle hop between
+  stages, are delays that hold no replica.
+
+Timing: warm-up requests run but are not counted; statistics cover the measured requests and the
+window between the first and last measured arrival. Arrivals continue until every measured
+request is resolved (at most 3 × (warm-up + measured) arrivals), so the tail of the window sees
+the same load as its middle.
+
+NOTE: the hot path uses plain callbacks on SimPy timeouts rather than one generator process per
+request (about 5× faster); the rules above are unchanged by it.
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import simpy
+
+from simulator.cache import KeyCache, make_cache
+from simulator.config import ServingConfig, apply_config, config_warnings
+from simulator.errors import InputError
+from simulator.report import (
+    CacheStats,
+    LatencyStats,
+    SimulationReport,
+    SloVerdict,
+    StageReport,
+)
+from simulator.service import Sampler, make_sampler, make_store_sampler
+from simulator.spec import Device, PipelineSpec, StageKind, StageSpec
+from simulator.workload import arrival_times
+from simulator.zipf import ZipfSampler
+
+__all__ = ["simulate"]
+
+_KEY_BLOCK = 1 << 18
+
+
+class _Request:
+    __slots__ = ("arrived", "entered", "index", "keys", "measured", "rows", "started")
+
+    def __init__(self, index: int, arrived: float, rows: int, measured: bool) -> None:
+        self.index = index
+        self.arrived = arrived
+        self.rows = rows
+        self.measured = measured
+        self.keys: Any = None
+        self.entered = 0.0
+        self.started = 0.0
+
+
+class _Replica:
+    __slots__ = ("cache", "form_id", "forming", "index", "ongoing", "ready", "running", "waiting")
+
+    def __init__(self, index: int, cache: KeyCache | None) -> None:
+        self.index = index
+        self.ongoing = 0  # requests held: batch queue + forming + ready + running
+        self.waiting: deque[_Request] = deque()  # the replica's batch queue
+        self.forming: list[_Request] | None = None
+        self.form_id = 0  # invalidates the deadline of a batch that closed full
+        self.ready: deque[list[_Request]] = deque()  # closed batches waiting for the semaphore
+        self.running = 0
+        self.cache = cache
+
+
+class _Uniform:
+    """Uniform integers in [0, n) drawn in blocks (for the router's two choices)."""
+
+    __slots__ = ("_buf", "_i", "_rng")
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self._rng = rng
+        self._buf: list[float] = []
+        self._i = 0
+
+    def below(self, n: int) -> int:
+        if self._i == len(self._buf):
+            self._buf = self._rng.random(4096).tolist()
+            self._i = 0
+        u = self._buf[self._i]
+        self._i += 1
+        return int(u * n)
+
+
+class _Stage:
+    """Router + replicas of one deployment, with the counters its report needs."""
+
+    def __init__(
+        self, sim: _Simulation, spec: StageSpec, position: int, rng: np.random.Generator
+    ) -> None:
+        self.sim = sim
+        self.spec = spec
+        self.name = spec.name
+        self.position = position
+        self.next: _Stage | None = None
+        self.max_ongoing = spec.max_ongoing_requests
+        self.max_queued = spec.max_queued_requests
+        self.max_batch = min(spec.max_batch_size, spec.max_ongoing_requests)
+        self.wait_s = spec.batch_wait_timeout_s
+        self.max_concurrent = spec.max_concurrent_batches
+        rngs = rng.spawn(4)
+        variant = spec.gpu if spec.device is Device.GPU and spec.gpu is not None else None
+        self.service: Sampler = make_sampler(variant.service if variant else spec.service, rngs[0])
+        self.store: Sampler | None = None
+        self.cutoff: int | None = None
+        if spec.kind is StageKind.FEATURES:
+            assert spec.store is not None and spec.cache_policy is not None
+            self.store = make_store_sampler(spec.store, rngs[1])
+            self.cutoff = spec.cutoff_rank
+        self.choice = _Uniform(rngs[2])
+        self.replicas = [
+            _Replica(
+                i,
+                make_cache(spec.cache_policy, spec.cache_capacity or 0)
+                if spec.kind is StageKind.FEATURES and spec.cache_policy is not None
+                else None,
+            )
+            for i in range(spec.replicas)
+        ]
+        self.queue: deque[_Request] = deque()  # the router's FIFO
+        self.trace = sim.trace
+        # statistics (window = measured part)
+        self.latency = array("d")
+        self.queue_wait = array("d")
+        self.in_stage = 0
+        self.area_in_stage = 0.0
+        self.area_queue = 0.0
+        self.t_last = 0.0
+        self.arrivals_in_window = 0
+        self.batches = 0
+        self.batch_requests = 0
+        self.batch_rows = 0
+        self.busy_s = 0.0
+        self.shed = 0
+        self.keys_requested = 0
+        self.keys_cut = 0
+        self.hits = 0
+        self.misses = 0
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+
+    def _integrate(self, now: float) -> None:
+        dt = now - self.t_last
+        self.area_in_stage += self.in_stage * dt
+        self.area_queue += len(self.queue) * dt
+        self.t_last = now
+
+    # -- router ---------------------------------------------------------------------------------
+
+    def accept(self, req: _Request) -> None:
+        sim = self.sim
+        now = sim.env.now
+        # NOTE: _integrate inlined (hot path)
+        dt = now - self.t_last
+        self.area_in_stage += self.in_stage * dt
+        self.area_queue += len(self.queue) * dt
+        self.t_last = now
+        if sim.measuring:
+            self.arrivals_in_window += 1
+        req.entered = now
+        if not self.queue:
+            replica = self._pick()
+            if replica is not None:
+                self.in_stage += 1
+                self._assign(replica, req)
+                return
+        if self.max_queued != -1 and len(self.queue) >= self.max_queued:
+            if self.trace is not None:
+                self.trace.append((now, "shed", self.name, req.index))
+            self.shed += 1 if sim.measuring else 0
+            sim.on_shed(req)
+            return
+        if self.trace is not None:
+            self.trace.append((now, "queue", self.name, req.index))
+        self.in_stage += 1
+        self.queue.append(req)
+
+    def _pick(self) -> _Replica | None:
+        """Power of two choices: the less loaded of two random replicas, if it has room.
+
+        When both are full Ray retries with two new random replicas; here the retry draws its two
+        among the replicas that have room, which is where Ray's retries end up.
+        """
+        replicas = self.replicas
+        n = len(replicas)
+        cap = self.max_ongoing
+        if n == 1:
+            only = replicas[0]
+            return only if only.ongoing < cap else None
+        below = self.choice.below
+        i = below(n)
+        j = below(n - 1)
+        a, b = replicas[i], replicas[j + 1 if j >= i else j]
+        if b.ongoing < a.ongoing:
+            a = b
+        if a.ongoing < cap:
+            return a
+        free = [r for r in replicas if r.ongoing < cap]
+        if len(free) <= 1:
+            return free[0] if free else None
+        i = below(len(free))
+        j = below(len(free) - 1)
+        a, b = free[i], free[j + 1 if j >= i else j]
+        return b if b.ongoing < a.ongoing else a
+
+    def _assign(self, replica: _Replica, req: _Request) -> None:
+        replica.ongoing += 1
+        if self.trace is not None:
+            self.trace.append((self.sim.env.now, "assign", self.name, req.index, replica.index))
+        if self.max_batch == 1:
+            # NOTE: fast path, same rules: a batch of one closes at once and waits for the semaphore.
+            if replica.running < self.max_concurrent:
+                self._execute(replica, [req])
+            else:
+                replica.ready.append([req])
+            return
+        forming = replica.forming
+        if forming is not None and not replica.waiting and len(forming) < self.max_batch:
+            forming.append(req)
+            if len(forming) >= self.max_batch:
+                self._close(replica)
+            return
+        replica.waiting.append(req)
+        if forming is None:
+            self._start_forming(replica)
+
+    # -- batching (Ray's _BatchQueue) -----------------------------------------------------------
+
+    def _start_forming(self, replica: _Replica) -> None:
+        waiting = replica.waiting
+        take = min(len(waiting), self.max_batch)
+        batch = [waiting.popleft() for _ in range(take)]
+        replica.forming = batch
+        if take >= self.max_batch or self.wait_s == 0.0:
+            self._close(replica)
+            return
+        replica.form_id += 1
+        deadline = self.sim.env.timeout(self.wait_s, (replica, replica.form_id))
+        deadline.callbacks.append(self._on_deadline)
+
+    def _on_deadline(self, event: simpy.Event) -> None:
+        replica, form_id = event.value
+        if replica.forming is not None and replica.form_id == form_id:
+            self._close(replica)
+
+    def _close(self, replica: _Replica) -> None:
+        batch = replica.forming
+        assert batch is not None
+        replica.forming = None
+        replica.form_id += 1
+        if replica.running < self.max_concurrent:
+            self._execute(replica, batch)
+        else:
+            replica.ready.append(batch)
+        if replica.waiting:
+            self._start_forming(replica)
+
+    def _execute(self, replica: _Replica, batch: list[_Request]) -> None:
+        sim = self.sim
+        now = sim.env.now
+        replica.running += 1
+        rows = 0
+        for req in batch:
+            rows += req.rows
+            req.started = now
+        seconds = self.service(rows)
+        if self.store is not None:
+            seconds += self._lookup(replica, batch)
+        if self.trace is not None:
+            ids = tuple(r.index for r in batch)
+            self.trace.append((now, "start", self.name, replica.index, ids))
+        if sim.measuring:
+            self.batches += 1
+            self.batch_requests += len(batch)
+            self.batch_rows += rows
+            self.busy_s += seconds
+        done = sim.env.timeout(seconds, (replica, batch))
+        done.callbacks.append(self._on_done)
+
+    def _lookup(self, replica: _Replica, batch: list[_Request]) -> float:
+        """Cut and replay the batch's keys through the replica's cache; the store time of its misses."""
+        keys = batch[0].keys if len(batch) == 1 else np.concatenate([r.keys for r in batch])
+        for req in batch:
+            req.keys = None
+        requested = len(keys)
+        if self.cutoff is not None:
+            keys = keys[keys < self.cutoff]
+        assert replica.cache is not None and self.store is not None
+        hits, misses = replica.cache.access(keys)
+        if self.sim.measuring:
+            self.keys_requested += requested
+            self.keys_cut += requested - len(keys)
+            self.hits += hits
+            self.misses += misses
+        return self.store(misses) if misses else 0.0
+
+    def _on_done(self, event: simpy.Event) -> None:
+        replica, batch = event.value
+        sim = self.sim
+        now = sim.env.now
+        dt = now - self.t_last
+        self.area_in_stage += self.in_stage * dt
+        self.area_queue += len(self.queue) * dt
+        self.t_last = now
+        replica.running -= 1
+        replica.ongoing -= len(batch)
+        if self.trace is not None:
+            self.trace.append((now, "done", self.name, replica.index, tuple(r.index for r in batch)))
+        self.in_stage -= len(batch)
+        for req in batch:
+            if req.measured:
+                self.latency.append(now - req.entered)
+                self.queue_wait.append(req.started - req.entered)
+        if replica.ready:
+            self._execute(replica, replica.ready.popleft())
+        # Freed slots go to requests waiting at the router, oldest first.
+        queue = self.queue
+        while queue:
+            target = self._pick()
+            if target is None:
+                break
+            self._assign(target, queue.popleft())
+        sim.forward(self, batch)
+
+    def report(self, window_s: float, cost_per_hour: float) -> StageReport:
+        spec = self.spec
+        slots = spec.replicas * spec.max_concurrent_batches
+        cache = None
+        if spec.kind is StageKind.FEATURES:
+            lookups = self.hits + self.misses
+            cache = CacheStats(
+                policy=spec.cache_policy.value if spec.cache_policy else "none",
+                capacity_per_replica=self.replicas[0].cache.capacity if self.replicas[0].cache else 0,
+                lookups=lookups,
+                hits=self.hits,
+                misses=self.misses,
+                hit_rate=self.hits / lookups if lookups else 0.0,
+                keys_requested=self.keys_requested,
+                keys_cut=self.keys_cut,
+                cut_fraction=self.keys_cut / self.keys_requested if self.keys_requested else 0.0,
+            )
+        return StageReport(
+            name=self.name,
+            replicas=spec.replicas,
+            latency=LatencyStats.of(self.latency),
+            queue_wait=LatencyStats.of(self.queue_wait),
+            utilisation=self.busy_s / (slots * window_s) if window_s > 0 else 0.0,
+            mean_queue_length=self.area_queue / window_s if window_s > 0 else 0.0,
+            mean_in_stage=self.area_in_stage / window_s if window_s > 0 else 0.0,
+            arrival_rate_rps=self.arrivals_in_window / window_s if window_s > 0 else 0.0,
+            mean_batch_size=self.batch_requests / self.batches if self.batches else 0.0,
+            mean_batch_rows=self.batch_rows / self.batches if self.batches else 0.0,
+            batches=self.batches,
+            shed=self.shed,
+            cost_per_hour=cost_per_hour,
+            cache=cache,
+        )
+
+
+class _Simulation:
+    """Arrivals → stages → completion, and the window bookkeeping."""
+
+    def __init__(
+        self,
+        spec: PipelineSpec,
+        requests: int,
+        warmup: int,
+        seed: int,
+        progress: Callable[[float], None] | None,
+        trace: list[tuple[Any, ...]] | None = None,
+    ) -> None:
+        self.trace = trace
+        self.spec = spec
+        self.seed = seed
+        self.progress = progress
+        self.env = simpy.Environment()
+        self.requests = requests
+        self.warmup = warmup
+        self.max_arrivals = 3 * (warmup + requests)
+        root = np.random.default_rng(seed)
+        # Separate streams, so a knob change in one stage leaves the others' draws unchanged
+        # (common random numbers across configs for arrivals, request shapes and keys).
+        arrival_rng, key_rng, overhead_rng, *stage_rngs = root.spawn(3 + len(spec.stages))
+        self.arrivals = arrival_times(spec.workload, arrival_rng)
+        workload = spec.workload
+        self.rows = workload.rows_per_request
+        self.keys_per_request = workload.keys_per_request
+        needs_keys = any(s.kind is StageKind.FEATURES for s in spec.stages)
+        self.zipf = (
+            ZipfSampler(workload.vocab_size, workload.zipf_alpha, key_rng) if needs_keys else None
+        )
+        self.key_block = np.empty(0, dtype=np.int64)
+        self.key_pos = 0
+        o1, o2, o3 = overhead_rng.spawn(3)
+        self.proxy = make_sampler(spec.overhead.proxy, o1)
+        self.hop = make_sampler(spec.overhead.hop, o2)
+        self.response = make_sampler(spec.overhead.response, o3)
+        self.stages = [_Stage(self, s, i, r) for i, (s, r) in enumerate(zip(spec.stages, stage_rngs))]
+        for a, b in zip(self.stages, self.stages[1:]):
+            a.next = b
+        self.first = self.stages[0]
+        self.measuring = False
+        self.t_start = 0.0
+        self.t_end: float | None = None
+        self.arrived = 0
+        self.completed = 0
+        self.shed = 0
+        self.measured_done = 0
+        self.measured_completed = 0
+        self.measured_shed = 0
+        self.completions_in_window = 0
+        self.e2e = array("d")
+        self.all_resolved = self.env.event()
+
+    # -- arrivals -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._schedule_next_arrival()
+
+    def _schedule_next_arrival(self) -> None:
+        if self.arrived >= self.max_arrivals or self.all_resolved.triggered:
+            return
+        t = next(self.arrivals, None)
+        if t is None:  # a trace ran out
+            return
+        ev = self.env.timeout(max(t - self.env.now, 0.0))
+        ev.callbacks.append(self._on_arrival)
+
+    def _keys(self) -> Any:
+        n = self.keys_per_request
+        if self.key_pos + n > len(self.key_block):
+            assert self.zipf is not None
+            self.key_block = self.zipf.sample(max(_KEY_BLOCK, n))
+            self.key_pos = 0
+        keys = self.key_block[self.key_pos : self.key_pos + n]
+        self.key_pos += n
+        return keys
+
+    def _on_arrival(self, _event: simpy.Event) -> None:
+        now = self.env.now
+        index = self.arrived
+        self.arrived += 1
+        measured = self.warmup <= index < self.warmup + self.requests
+        if self.progress is not None and index & 4095 == 0:
+            self.progress(min(1.0, index / (self.warmup + self.requests)))
+        if index == self.warmup:
+            self._open_window(now)
+        elif index == self.warmup + self.requests:
+            self._close_window(now)
+        req = _Request(index, now, self.rows, measured)
+        if self.trace is not None:
+            self.trace.append((now, "arrive", req.index))
+        if self.zipf is not None:
+            req.keys = self._keys()
+        delay = self.proxy(req.rows)
+        if delay > 0.0:
+            ev = self.env.timeout(delay, (self.first, req))
+            ev.callbacks.append(self._on_enter)
+        else:
+            self.first.accept(req)
+        self._schedule_next_arrival()
+
+    def _on_enter(self, event: simpy.Event) -> None:
+        stage, req = event.value
+        stage.accept(req)
+
+    def _open_window(self, now: float) -> None:
+        self.measuring = True
+        self.t_start = now
+        for stage in self.stages:
+            stage._integrate(now)
+            stage.area_in_stage = stage.area_queue = 0.0
+
+    def _close_window(self, now: float) -> None:
+        if self.t_end is not None:
+            return
+        for stage in self.stages:
+            stage._integrate(now)
+        self.measuring = False
+        self.t_end = now
+
+    # -- leaving a stage ------------------------------------------------------------------------
+
+    def forward(self, stage: _Stage, batch: list[_Request]) -> None:
+        nxt = stage.next
+        if nxt is None:
+            now = self.env.now
+            for req in batch:
+                self._complete(req, now)
+            return
+        hop = self.hop
+        for req in batch:
+            delay = hop(req.rows)
+            if delay > 0.0:
+                ev = self.env.timeout(delay, (nxt, req))
+                ev.callbacks.append(self._on_enter)
+            else:
+                nxt.accept(req)
+
+    def _complete(self, req: _Request, now: float) -> None:
+        if self.trace is not None:
+            self.trace.append((now, "complete", req.index))
+        self.completed += 1
+        if self.measuring:
+            self.completions_in_window += 1
+        if req.measured:
+            self.e2e.append(now + self.response(req.rows) - req.arrived)
+            self.measured_completed += 1
+            self._resolved()
+
+    def on_shed(self, req: _Request) -> None:
+        self.shed += 1
+        req.keys = None
+        if req.measured:
+            self.measured_shed += 1
+            self._resolved()
+
+    def _resolved(self) -> None:
+        self.measured_done += 1
+        if self.measured_done == self.requests:
+            self._close_window(self.env.now)
+            self.all_resolved.succeed()
+
+
+def simulate(
+    spec: PipelineSpec,
+    config: ServingConfig | None = None,
+    *,
+    requests: int | None = None,
+    warmup_requests: int | None = None,
+    seed: int | None = None,
+    progress: Callable[[float], None] | None = None,
+    trace: list[tuple[Any, ...]] | None = None,
+) -> SimulationReport:
+    """Simulate `spec` under `config` (default: the spec's baseline knobs) and report.
+
+    `progress` is called with the fraction done; `trace`, when given, receives one tuple per event
+    — (t, "arrive", req), (t, "queue"|"shed", stage, req), (t, "assign", stage, req, replica),
+    (t, "start"|"done", stage, replica, reqs), (t, "complete", req) — for exact-trace tests.
+
+    >>> from simulator.load import load_spec
+    >>> report = simulate(load_spec("examples/queueing/mm1.yaml"), requests=2000, seed=1)
+    >>> report.completed + report.shed == 2000
+    True
+    """
+    started = time.perf_counter()
+    if config is not None:
+        spec = apply_config(spec, config)
+    n = requests if requests is not None else spec.simulation.requests
+    warmup = warmup_requests if warmup_requests is not None else spec.simulation.warmup_requests
+    seed = seed if seed is not None else spec.simulation.seed
+    if n < 1:
+        raise InputError(f"requests must be >= 1 (got {n})")
+    if warmup < 0:
+        raise InputError(f"warm-up requests must be >= 0 (got {warmup})")
+    sim = _Simulation(spec, n, warmup, seed, progress, trace)
+    sim.start()
+    try:
+        sim.env.run(until=sim.all_resolved)
+    except RuntimeError:  # SimPy: the schedule ran empty first (a trace ended); reported below
+        pass
+    if progress is not None:
+        progress(1.0)
+    if not sim.all_resolved.triggered:
+        sim._close_window(sim.env.now)
+        missing = n - sim.measured_done
+        raise InputError(
+            f"the workload ended after {sim.arrived} arrivals, before {missing} of the "
+            f"{warmup} + {n} requested were resolved: ask for fewer requests or a longer trace"
+        )
+    return _report(sim, spec, time.perf_counter() - started)
+
+
+def _report(sim: _Simulation, spec: PipelineSpec, wall_s: float) -> SimulationReport:
+    assert sim.t_end is not None
+    window = sim.t_end - sim.t_start
+    costs = [spec.replica_cost_per_hour(s, s.device) * s.replicas for s in spec.stages]
+    latency = LatencyStats.of(sim.e2e)
+    shed_rate = sim.measured_shed / sim.requests
+    slo = SloVerdict(
+        p99_target_s=spec.slo.p99_s,
+        max_shed_rate=spec.slo.max_shed_rate,
+        p99_s=latency.p99_s,
+        shed_rate=shed_rate,
+        holds=latency.count > 0
+        and latency.p99_s <= spec.slo.p99_s
+        and shed_rate <= spec.slo.max_shed_rate,
+    )
+    return SimulationReport(
+        spec_name=spec.name,
+        seed=sim.seed,
+        requests=sim.requests,
+        warmup_requests=sim.warmup,
+        window_s=window,
+        offered_rps=(sim.requests - 1) / window if window > 0 else 0.0,
+        throughput_rps=sim.completions_in_window / window if window > 0 else 0.0,
+        completed=sim.measured_completed,
+        shed=sim.measured_shed,
+        shed_rate=shed_rate,
+        arrived_total=sim.arrived,
+        completed_total=sim.completed,
+        shed_total=sim.shed,
+        in_flight_at_end=sim.arrived - sim.completed - sim.shed,
+        latency=latency,
+        stages=tuple(st.report(window, c) for st, c in zip(sim.stages, costs)),
+        cost_per_hour=float(sum(costs)),
+        slo=slo,
+        warnings=tuple(config_warnings(spec)),
+        wall_s=wall_s,
+    )
+
