@@ -58,9 +58,7 @@ cdef enum:
     AHEAD_TABLE = 16
     AHEAD_SLOT = 8
     AHEAD_LINKS = 4
-    HINT_MASK = 31   # the hint ring holds 32 > AHEAD_SLOT entries
 
-cdef bint VARIANT_B = 0
 cdef struct Slot:
     int64_t key
     uint64_t stamp   # epoch of the last call that touched this key
@@ -192,7 +190,7 @@ cdef class CacheCore:
         return self.total_misses
 
     def contains(self, int64_t key):
-        return self._find(key) >= 0
+        return self.table[self._probe(key)].slot >= 0
 
     def access(self, object keys):
         """Replay one call's keys (contiguous 1-D int64); returns (hits, misses) over distinct keys."""
@@ -229,22 +227,13 @@ cdef class CacheCore:
 
     # ---- hash table -------------------------------------------------------------------------------
 
-    cdef inline int32_t _find(self, int64_t key) noexcept nogil:
+    cdef inline uint64_t _probe(self, int64_t key) noexcept nogil:
+        """The bucket holding key, or the empty bucket where it would be inserted."""
         cdef Entry* t = self.table.data()
         cdef uint64_t h = jizhi_hash(key, self.shift)
-        while t[h].slot >= 0:
-            if t[h].key == key:
-                return t[h].slot
+        while t[h].slot >= 0 and t[h].key != key:
             h = (h + 1) & self.mask
-        return -1
-
-    cdef inline void _table_insert(self, int64_t key, int32_t slot) noexcept nogil:
-        cdef Entry* t = self.table.data()
-        cdef uint64_t h = jizhi_hash(key, self.shift)
-        while t[h].slot >= 0:
-            h = (h + 1) & self.mask
-        t[h].key = key
-        t[h].slot = slot
+        return h
 
     cdef inline void _table_remove(self, int64_t key) noexcept nogil:
         """Backward-shift deletion: pull later entries of the probe run into the hole when allowed."""
@@ -347,72 +336,60 @@ cdef class CacheCore:
 
     # ---- the per-call loop ----------------------------------------------------------------------
 
-    cdef inline int32_t _evict(self) noexcept nogil:
-        """Unlink the policy's victim from its list and the table; return its slot for reuse."""
-        cdef int32_t s, b
+    cdef inline int32_t _victim(self) noexcept nogil:
         if self.policy == LRU:
-            s = self.lru_tail
+            return self.lru_tail
+        return self.buckets[self.low_bucket].tail
+
+    cdef inline void _evict(self, int32_t s) noexcept nogil:
+        """Unlink the victim in slot s from its list and the table (its slot is being reused)."""
+        if self.policy == LRU:
             _list_remove(self.slots.data(), &self.lru_head, &self.lru_tail, s)
         else:
-            b = self.low_bucket
-            s = self.buckets[b].tail
-            self._bucket_drop(b, s)
+            self._bucket_drop(self.slots[s].bucket, s)
         self._table_remove(self.slots[s].key)
-        # Prefetch what the next eviction will touch: the next victim's table bucket and its predecessor.
-        cdef int32_t t = self.lru_tail if self.policy == LRU else self.buckets[self.low_bucket].tail
-        if t >= 0:
-            jizhi_prefetch(&self.table[jizhi_hash(self.slots[t].key, self.shift)])
-            if self.slots[t].prev >= 0:
-                jizhi_prefetch(&self.slots[self.slots[t].prev])
-        return s
+        # Prefetch what the next eviction touches: the next victim's table bucket and its predecessor.
+        cdef int32_t t = self._victim()
+        jizhi_prefetch(&self.table[jizhi_hash(self.slots[t].key, self.shift)])
+        jizhi_prefetch(&self.slots[max(self.slots[t].prev, 0)])
 
-    cdef inline void _prefetch(self, const int64_t* keys, Py_ssize_t n, Py_ssize_t i, int32_t* hint) noexcept nogil:
-        """Prefetch for keys ahead of position i (see AHEAD_*); only a hint, never changes state."""
+    cdef inline void _prefetch(self, const int64_t* keys, Py_ssize_t n, Py_ssize_t i) noexcept nogil:
+        """Prefetch for keys ahead of position i (see AHEAD_*). The slot read from the table may be
+        wrong (a collision, an empty bucket: clamped to 0) or stale; prefetching is only a hint."""
+        cdef Entry* t = self.table.data()
         cdef Slot* slots = self.slots.data()
         cdef int32_t s
         cdef Py_ssize_t j = i + AHEAD_TABLE
         if j < n:
-            jizhi_prefetch(&self.table[jizhi_hash(keys[j], self.shift)])
+            jizhi_prefetch(&t[jizhi_hash(keys[j], self.shift)])
         j = i + AHEAD_SLOT
-        if VARIANT_B and j < n:
-            s = self._find(keys[j])
-            hint[j & HINT_MASK] = s
-            if s >= 0:
-                jizhi_prefetch(&slots[s])
+        if j < n:
+            jizhi_prefetch(&slots[max(t[jizhi_hash(keys[j], self.shift)].slot, 0)])
         j = i + AHEAD_LINKS
-        if VARIANT_B and j < n:
-            s = hint[j & HINT_MASK]
-            if s >= 0:
-                if slots[s].prev >= 0:
-                    jizhi_prefetch(&slots[slots[s].prev])
-                if slots[s].next >= 0:
-                    jizhi_prefetch(&slots[slots[s].next])
-                if self.policy == LFU:
-                    jizhi_prefetch(&self.buckets[slots[s].bucket])
+        if j < n:
+            s = max(t[jizhi_hash(keys[j], self.shift)].slot, 0)
+            jizhi_prefetch(&slots[max(slots[s].prev, 0)])
+            jizhi_prefetch(&slots[max(slots[s].next, 0)])
 
     cdef tuple _run(self, const int64_t* keys, Py_ssize_t n, int64_t* slots_out, int8_t* status_out):
         cdef Slot* slots = self.slots.data()
+        cdef Entry* table = self.table.data()
         cdef bint out = slots_out != NULL, ghost_live = False, bypassed = False
-        cdef bint pipelined = self.capacity > 0
         cdef int64_t hits = 0, misses = 0, key
         cdef int32_t s
-        cdef int32_t hint[HINT_MASK + 1]
+        cdef uint64_t pos
         cdef Py_ssize_t i
         self.epoch += 1
         cdef uint64_t epoch = self.epoch
-        for i in range(HINT_MASK + 1):
-            hint[i] = -1
-        if pipelined:
+        if self.capacity > 0:
             for i in range(min(n, <Py_ssize_t>AHEAD_TABLE)):
-                jizhi_prefetch(&self.table[jizhi_hash(keys[i], self.shift)])
+                jizhi_prefetch(&table[jizhi_hash(keys[i], self.shift)])
         for i in range(n):
             key = keys[i]
-            s = -1
-            if pipelined:
-                self._prefetch(keys, n, i, hint)
-                s = hint[i & HINT_MASK]
-            if s < 0 or slots[s].key != key:   # no hint, or the hint went stale
-                s = self._find(key)
+            if self.capacity > 0:
+                self._prefetch(keys, n, i)
+            pos = self._probe(key)
+            s = table[pos].slot
             if s >= 0:
                 if slots[s].stamp == epoch:   # repeat of a key already handled in this call
                     if out:
@@ -451,11 +428,17 @@ cdef class CacheCore:
             if self.size < self.capacity:
                 s = <int32_t>self.size
                 self.size += 1
+                table[pos].key = key
+                table[pos].slot = s
             else:
-                s = self._evict()
+                s = self._victim()
+                # NOTE: insert before removing the victim, so `pos` is still the probe's end.
+                table[pos].key = key
+                table[pos].slot = s
+                self._evict(s)
                 if slots[s].stamp == epoch:
-                    # NOTE: the victim was handled earlier in this call: its value is gone before the
-                    # caller reads it, so its positions become bypasses and a hit turns into a miss.
+                    # The victim was handled earlier in this call: its value is gone before the caller
+                    # reads it, so its positions become bypasses and a hit turns into a miss.
                     if not ghost_live:
                         self._ghost_reserve(n)
                         ghost_live = True
@@ -467,7 +450,6 @@ cdef class CacheCore:
             slots[s].key = key
             slots[s].stamp = epoch
             slots[s].hit = 0
-            self._table_insert(key, s)
             if self.policy == LRU:
                 _list_push(slots, &self.lru_head, &self.lru_tail, s)
             else:

@@ -428,6 +428,7 @@ class _Simulation:
         self.arrived = 0
         self.completed = 0
         self.shed = 0
+        self.in_transit = 0  # between stages: inside the proxy or a handle hop
         self.measured_done = 0
         self.measured_completed = 0
         self.measured_shed = 0
@@ -477,6 +478,7 @@ class _Simulation:
             req.keys = self._keys()
         delay = self.proxy(req.rows)
         if delay > 0.0:
+            self.in_transit += 1
             ev = self.env.timeout(delay, (self.first, req))
             ev.callbacks.append(self._on_enter)
         else:
@@ -485,6 +487,7 @@ class _Simulation:
 
     def _on_enter(self, event: simpy.Event) -> None:
         stage, req = event.value
+        self.in_transit -= 1
         stage.accept(req)
 
     def _open_window(self, now: float) -> None:
@@ -515,6 +518,7 @@ class _Simulation:
         for req in batch:
             delay = hop(req.rows)
             if delay > 0.0:
+                self.in_transit += 1
                 ev = self.env.timeout(delay, (nxt, req))
                 ev.callbacks.append(self._on_enter)
             else:
@@ -623,7 +627,7 @@ def _report(sim: _Simulation, spec: PipelineSpec, wall_s: float) -> SimulationRe
         arrived_total=sim.arrived,
         completed_total=sim.completed,
         shed_total=sim.shed,
-        in_flight_at_end=sim.arrived - sim.completed - sim.shed,
+        in_flight_at_end=sim.in_transit + sum(st.in_stage for st in sim.stages),
         latency=latency,
         stages=tuple(st.report(window, c) for st, c in zip(sim.stages, costs)),
         cost_per_hour=float(sum(costs)),

@@ -1,0 +1,20 @@
+"""Shared fixtures: the repository root, and a guard that unit tests never start Ray."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_in_unit_tests(request: pytest.FixtureRequest) -> None:
+    """Unit tests run without Ray; only tests marked `integration` may start it."""
+    if request.node.get_closest_marker("integration") is None and "ray" in sys.modules:
+        ray = sys.modules["ray"]
+        if getattr(ray, "is_initialized", lambda: False)():
+            pytest.fail("a unit test found Ray running; mark it @pytest.mark.integration")

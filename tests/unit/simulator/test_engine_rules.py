@@ -1,0 +1,202 @@
+"""Ray Serve's rules, checked on micro-scenarios with exact event traces (SimPy style) and on
+seeded runs: the router, the batcher, the max_ongoing_requests cap, determinism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simulator import simulate
+
+from .helpers import example, one_stage, trace_file
+
+
+def _trace_run(
+    tmp_path: Path, times: list[float], stage: dict[str, Any], seed: int = 0
+) -> list[tuple[Any, ...]]:
+    spec = one_stage(
+        stage,
+        {"arrival": "trace", "trace_file": str(trace_file(tmp_path, times))},
+        simulation={"requests": len(times), "warmup_requests": 0, "seed": seed},
+    )
+    trace: list[tuple[Any, ...]] = []
+    simulate(spec, trace=trace)
+    return [tuple(round(x, 6) if isinstance(x, float) else x for x in e) for e in trace]
+
+
+def test_batch_closes_full_or_at_timeout_after_its_first_request(tmp_path: Path) -> None:
+    stage = {
+        "service": {"model": "deterministic", "seconds": 0.005},
+        "max_batch_size": 3,
+        "max_ongoing_requests": 3,
+        "batch_wait_timeout_s": 0.010,
+    }
+    trace = _trace_run(tmp_path, [0.0, 0.002, 0.004, 0.020], stage)
+    assert [e for e in trace if e[1] in ("start", "done", "complete")] == [
+        (0.004, "start", "server", 0, (0, 1, 2)),  # full at the third request
+        (0.009, "done", "server", 0, (0, 1, 2)),
+        (0.009, "complete", 0),
+        (0.009, "complete", 1),
+        (0.009, "complete", 2),
+        (0.030, "start", "server", 0, (3,)),  # alone: waits the 10 ms timeout
+        (0.035, "done", "server", 0, (3,)),
+        (0.035, "complete", 3),
+    ]
+
+
+def test_next_batch_forms_while_one_runs_and_waits_for_the_semaphore(tmp_path: Path) -> None:
+    stage = {
+        "service": {"model": "deterministic", "seconds": 0.010},
+        "max_batch_size": 2,
+        "max_ongoing_requests": 8,
+        "batch_wait_timeout_s": 0.001,
+        "max_concurrent_batches": 1,
+    }
+    trace = _trace_run(tmp_path, [0.0, 0.0005, 0.002, 0.0025], stage)
+    starts = [e for e in trace if e[1] == "start"]
+    # batch (2, 3) closes full at 2.5 ms but runs only when (0, 1) frees the semaphore at 10.5 ms
+    assert starts == [(0.0005, "start", "server", 0, (0, 1)), (0.0105, "start", "server", 0, (2, 3))]
+
+
+def test_max_ongoing_caps_the_batch_like_ray(tmp_path: Path) -> None:
+    stage = {
+        "service": {"model": "deterministic", "seconds": 0.010},
+        "max_batch_size": 10,
+        "max_ongoing_requests": 3,
+        "batch_wait_timeout_s": 0.005,
+    }
+    trace = _trace_run(tmp_path, [0.0, 0.0001, 0.0002, 0.0003, 0.0004], stage)
+    starts = [e for e in trace if e[1] == "start"]
+    assert starts[0] == (0.0002, "start", "server", 0, (0, 1, 2))  # capped at 3, closes full
+    assert [e for e in trace if e[1] == "queue"] == [
+        (0.0003, "queue", "server", 3),
+        (0.0004, "queue", "server", 4),
+    ]
+
+
+def test_router_uses_free_replicas_queues_fifo_and_sheds_past_max_queued(tmp_path: Path) -> None:
+    stage = {
+        "service": {"model": "deterministic", "seconds": 0.010},
+        "replicas": 2,
+        "max_ongoing_requests": 1,
+        "max_queued_requests": 1,
+    }
+    trace = _trace_run(tmp_path, [0.0, 0.001, 0.002, 0.003], stage)
+    first = trace[1][4]  # the replica the router chose for request 0 (seeded coin)
+    other = 1 - first
+    assert trace == [
+        (0.0, "arrive", 0),
+        (0.0, "assign", "server", 0, first),
+        (0.0, "start", "server", first, (0,)),
+        (0.001, "arrive", 1),
+        (0.001, "assign", "server", 1, other),  # the only replica with room
+        (0.001, "start", "server", other, (1,)),
+        (0.002, "arrive", 2),
+        (0.002, "queue", "server", 2),
+        (0.003, "arrive", 3),
+        (0.003, "shed", "server", 3),  # max_queued_requests = 1 already waiting: HTTP 503
+        (0.01, "done", "server", first, (0,)),
+        (0.01, "assign", "server", 2, first),
+        (0.01, "start", "server", first, (2,)),
+        (0.01, "complete", 0),
+        (0.011, "done", "server", other, (1,)),
+        (0.011, "complete", 1),
+        (0.02, "done", "server", first, (2,)),
+        (0.02, "complete", 2),
+    ]
+
+
+def test_power_of_two_choices_prefers_the_less_loaded_replica(tmp_path: Path) -> None:
+    # Replica loads differ only through the router; with 2 replicas p2c always sees both.
+    stage = {
+        "service": {"model": "deterministic", "seconds": 0.050},
+        "replicas": 2,
+        "max_ongoing_requests": 4,
+        "max_concurrent_batches": 4,
+    }
+    trace = _trace_run(tmp_path, [0.0, 0.001, 0.002, 0.003], stage, seed=5)
+    replicas = [e[4] for e in trace if e[1] == "assign"]
+    assert replicas[1] != replicas[0]  # 0 vs 1 ongoing
+    assert sorted(replicas[2:]) == [0, 1]  # balanced again
+
+
+def test_under_saturation_batches_fill_up_to_max_batch_size() -> None:
+    # capacity ≈ 16 / (1 ms + 16 × 0.5 ms) = 1778 req/s per replica, offered 3000 on one replica
+    spec = one_stage(
+        {
+            "service": {"model": "linear", "base_s": 0.001, "per_row_s": 0.0005},
+            "max_batch_size": 16,
+            "max_ongoing_requests": 16,
+            "max_queued_requests": 100,
+        },
+        {"arrival": "poisson", "rate_rps": 3000},
+    )
+    server = simulate(spec, requests=20_000, seed=3).stages[0]
+    assert server.utilisation > 0.99
+    assert server.mean_batch_size > 15.9  # → 16
+
+
+def test_max_ongoing_caps_batches_under_saturation() -> None:
+    spec = example(
+        "ctr.yaml",
+        "workload.rate_rps=3000",
+        "ranker.replicas=2",
+        "ranker.max_batch_size=32",
+        "ranker.max_ongoing_requests=8",
+        "ranker.max_queued_requests=200",
+    )
+    report = simulate(spec, requests=20_000, seed=3)
+    assert report.stage("ranker").mean_batch_size == pytest.approx(8.0, abs=0.2)
+    assert any("max_ongoing_requests" in w for w in report.warnings)
+
+
+def test_under_light_load_a_lone_request_waits_the_batch_timeout() -> None:
+    spec = example(
+        "ctr.yaml",
+        "workload.rate_rps=2",
+        "ranker.replicas=1",
+        "ranker.max_batch_size=8",
+        "ranker.batch_wait_timeout_s=0.02",
+    )
+    ranker = simulate(spec, requests=2000, warmup_requests=10, seed=4).stage("ranker")
+    # another arrival within the 20 ms window has probability 1 - exp(-2 × 0.02) ≈ 0.04
+    assert ranker.mean_batch_size == pytest.approx(1.04, abs=0.02)
+    assert ranker.queue_wait.p50_s == pytest.approx(0.02, abs=1e-9)
+
+
+def test_same_seed_same_report_other_seed_other_report() -> None:
+    spec = example("ctr.yaml")
+
+    def run(seed: int) -> dict[str, Any]:
+        result = simulate(spec, requests=3000, warmup_requests=300, seed=seed).to_dict()
+        result.pop("wall_s")
+        return result
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+
+
+def test_warmup_is_excluded_from_statistics() -> None:
+    spec = example("queueing/mm1.yaml")
+    report = simulate(spec, requests=1000, warmup_requests=500, seed=1)
+    assert report.latency.count == 1000
+    assert report.arrived_total >= 1500
+
+
+def test_gpu_device_uses_the_gpu_variant_and_its_price() -> None:
+    cpu = simulate(example("ctr.yaml"), requests=3000, seed=2)
+    gpu = simulate(example("ctr.yaml", "ranker.device=gpu", "ranker.replicas=1"), requests=3000, seed=2)
+    assert gpu.stage("ranker").cost_per_hour == pytest.approx(0.048 + 2.48)
+    assert cpu.stage("ranker").cost_per_hour == pytest.approx(4 * 2.0 * 0.048)
+    assert gpu.stage("ranker").latency.mean_s < cpu.stage("ranker").latency.mean_s
+
+
+def test_cutoff_skips_keys_by_popularity_rank() -> None:
+    spec = example("ctr.yaml", "features.cutoff_rank=1000")
+    cache = simulate(spec, requests=3000, seed=2).stage("features").cache
+    assert cache is not None
+    # P(rank >= 1000) under Zipf(1.0) over 10^6 keys = 1 - H(1000)/H(10^6) ≈ 0.48
+    assert cache.cut_fraction == pytest.approx(0.48, abs=0.01)
+    assert cache.lookups <= cache.keys_requested - cache.keys_cut
