@@ -31,7 +31,9 @@ class ServingConfig(BaseModel):
     def from_spec(cls, spec: PipelineSpec) -> ServingConfig:
         """The spec's baseline: every knob of every stage, as written in the spec."""
         return cls(
-            stages={s.name: StageKnobs(**{k: getattr(s, k) for k in KNOB_NAMES}) for s in spec.stages}
+            stages={
+                s.name: StageKnobs(**{k: getattr(s, k) for k in KNOB_NAMES}) for s in spec.stages
+            }
         )
 
     def knobs(self) -> dict[str, dict[str, Any]]:

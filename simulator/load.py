@@ -41,7 +41,9 @@ def _location(loc: tuple[int | str, ...], data: Any) -> str:
     for item in loc:
         if isinstance(item, int):
             name = node[item].get("name") if isinstance(node, list) and item < len(node) else None
-            parts[-1:] = [f"{parts[-1]}[{name if isinstance(name, str) else item}]"] if parts else []
+            parts[-1:] = (
+                [f"{parts[-1]}[{name if isinstance(name, str) else item}]"] if parts else []
+            )
             node = node[item] if isinstance(node, list) and item < len(node) else None
             continue
         if isinstance(node, dict) and item in node:

@@ -38,7 +38,10 @@ class LatencyStats:
             return cls(0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
         qs = np.quantile(values, list(_QUANTILES.values()))
         return cls(
-            int(values.size), float(values.mean()), *(float(q) for q in qs), float(values.max())
+            count=int(values.size),
+            mean_s=float(values.mean()),
+            max_s=float(values.max()),
+            **{name: float(q) for name, q in zip(_QUANTILES, qs, strict=True)},
         )
 
 

@@ -18,9 +18,7 @@ def example(name: str, *overrides: str) -> PipelineSpec:
     return apply_config(spec, config)
 
 
-def one_stage(
-    stage: dict[str, Any], workload: dict[str, Any], **sections: Any
-) -> PipelineSpec:
+def one_stage(stage: dict[str, Any], workload: dict[str, Any], **sections: Any) -> PipelineSpec:
     """A one-stage pipeline named 'server' from plain dicts."""
     data = {
         "name": "test",

@@ -57,7 +57,10 @@ def test_next_batch_forms_while_one_runs_and_waits_for_the_semaphore(tmp_path: P
     trace = _trace_run(tmp_path, [0.0, 0.0005, 0.002, 0.0025], stage)
     starts = [e for e in trace if e[1] == "start"]
     # batch (2, 3) closes full at 2.5 ms but runs only when (0, 1) frees the semaphore at 10.5 ms
-    assert starts == [(0.0005, "start", "server", 0, (0, 1)), (0.0105, "start", "server", 0, (2, 3))]
+    assert starts == [
+        (0.0005, "start", "server", 0, (0, 1)),
+        (0.0105, "start", "server", 0, (2, 3)),
+    ]
 
 
 def test_max_ongoing_caps_the_batch_like_ray(tmp_path: Path) -> None:
@@ -187,7 +190,9 @@ def test_warmup_is_excluded_from_statistics() -> None:
 
 def test_gpu_device_uses_the_gpu_variant_and_its_price() -> None:
     cpu = simulate(example("ctr.yaml"), requests=3000, seed=2)
-    gpu = simulate(example("ctr.yaml", "ranker.device=gpu", "ranker.replicas=1"), requests=3000, seed=2)
+    gpu = simulate(
+        example("ctr.yaml", "ranker.device=gpu", "ranker.replicas=1"), requests=3000, seed=2
+    )
     assert gpu.stage("ranker").cost_per_hour == pytest.approx(0.048 + 2.48)
     assert cpu.stage("ranker").cost_per_hour == pytest.approx(4 * 2.0 * 0.048)
     assert gpu.stage("ranker").latency.mean_s < cpu.stage("ranker").latency.mean_s

@@ -128,7 +128,9 @@ def test_config_naming_an_unknown_stage(tmp_path: Path) -> None:
     path = tmp_path / "best.yaml"
     path.write_text("stages:\n  rankr: {replicas: 2}\n")
     spec = load_spec(EXAMPLES / "ctr.yaml")
-    with pytest.raises(InputError, match=r"stages\.rankr: no such stage \(did you mean 'ranker'\?\)"):
+    with pytest.raises(
+        InputError, match=r"stages\.rankr: no such stage \(did you mean 'ranker'\?\)"
+    ):
         apply_config(spec, load_config(path))
 
 

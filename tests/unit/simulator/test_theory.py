@@ -58,9 +58,7 @@ def test_md1_mean_wait_pollaczek_khinchine(rho: float) -> None:
 def test_mm1k_shed_rate_matches_blocking_probability() -> None:
     # One request in service plus max_queued_requests = 5 waiting: M/M/1/K with K = 6.
     rho, k = 0.9, 6
-    spec = example(
-        "queueing/mm1.yaml", "workload.rate_rps=900", "server.max_queued_requests=5"
-    )
+    spec = example("queueing/mm1.yaml", "workload.rate_rps=900", "server.max_queued_requests=5")
     report = simulate(spec, requests=300_000, warmup_requests=10_000, seed=14)
     blocking = (1 - rho) * rho**k / (1 - rho ** (k + 1))  # 0.0839
     assert report.shed_rate == pytest.approx(blocking, rel=0.05)
