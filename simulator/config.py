@@ -15,9 +15,18 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from simulator.errors import InputError
-from simulator.spec import KNOB_NAMES, PipelineSpec, StageKnobs, StageSpec
+from simulator.spec import (
+    FEATURE_KNOBS,
+    KNOB_NAMES,
+    PipelineSpec,
+    StageKind,
+    StageKnobs,
+    StageSpec,
+)
 
-__all__ = ["ServingConfig", "apply_config", "apply_overrides", "config_warnings"]
+__all__ = ["ServingConfig", "apply_config", "apply_overrides", "config_warnings", "stage_knobs"]
+
+_COMPUTE_KNOBS = tuple(k for k in KNOB_NAMES if k not in FEATURE_KNOBS)
 
 
 class ServingConfig(BaseModel):
@@ -30,11 +39,7 @@ class ServingConfig(BaseModel):
     @classmethod
     def from_spec(cls, spec: PipelineSpec) -> ServingConfig:
         """The spec's baseline: every knob of every stage, as written in the spec."""
-        return cls(
-            stages={
-                s.name: StageKnobs(**{k: getattr(s, k) for k in KNOB_NAMES}) for s in spec.stages
-            }
-        )
+        return cls(stages={s.name: StageKnobs(**stage_knobs(s)) for s in spec.stages})
 
     def knobs(self) -> dict[str, dict[str, Any]]:
         """Only the knobs this config sets, as plain values (enums as strings)."""
@@ -45,6 +50,12 @@ class ServingConfig(BaseModel):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump({"stages": self.knobs()}, sort_keys=False)
+
+
+def stage_knobs(stage: StageSpec) -> dict[str, Any]:
+    """Every knob value of a stage (a compute stage has no cache or cut-off knobs)."""
+    names = KNOB_NAMES if stage.kind is StageKind.FEATURES else _COMPUTE_KNOBS
+    return {k: getattr(stage, k) for k in names}
 
 
 def _closest(word: str, options: list[str]) -> str:

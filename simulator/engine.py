@@ -31,6 +31,7 @@ request (about 5× faster); the rules above are unchanged by it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 import time
 from array import array
@@ -548,12 +549,14 @@ def simulate(
     seed: int | None = None,
     progress: Callable[[float], None] | None = None,
     trace: list[tuple[Any, ...]] | None = None,
+    keep_samples: bool = False,
 ) -> SimulationReport:
     """Simulate `spec` under `config` (default: the spec's baseline knobs) and report.
 
     `progress` is called with the fraction done; `trace`, when given, receives one tuple per event
     — (t, "arrive", req), (t, "queue"|"shed", stage, req), (t, "assign", stage, req, replica),
     (t, "start"|"done", stage, replica, reqs), (t, "complete", req) — for exact-trace tests.
+    `keep_samples` keeps every end-to-end latency in `report.latency_samples` (for plots).
 
     >>> from simulator.load import load_spec
     >>> report = simulate(load_spec("examples/queueing/mm1.yaml"), requests=2000, seed=1)
@@ -584,7 +587,10 @@ def simulate(
             f"the workload ended after {sim.arrived} arrivals, before {missing} of the "
             f"{warmup} + {n} requested were resolved: ask for fewer requests or a longer trace"
         )
-    return _report(sim, spec, time.perf_counter() - started)
+    report = _report(sim, spec, time.perf_counter() - started)
+    if keep_samples:
+        report = dataclasses.replace(report, latency_samples=tuple(sim.e2e))
+    return report
 
 
 def _report(sim: _Simulation, spec: PipelineSpec, wall_s: float) -> SimulationReport:

@@ -113,9 +113,14 @@ class SimulationReport:
     slo: SloVerdict
     warnings: tuple[str, ...]
     wall_s: float
+    # End-to-end latency of every completed measured request, in completion order; only when
+    # `simulate(..., keep_samples=True)`, and never part of `to_dict()`.
+    latency_samples: tuple[float, ...] | None = dataclasses.field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data.pop("latency_samples")
+        return data
 
     def stage(self, name: str) -> StageReport:
         for s in self.stages:

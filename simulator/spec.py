@@ -33,6 +33,10 @@ __all__ = [
     "Deterministic",
     "Device",
     "DeviceVariant",
+    "KnobRange",
+    "Objective",
+    "QualitySpec",
+    "TuningSpec",
     "Exponential",
     "Linear",
     "Lognormal",
@@ -295,8 +299,72 @@ class SimulationSpec(_Strict):
     seed: int = 0
 
 
+class Objective(str, Enum):
+    """What the tuner optimises; SLO, shed limit and quality budget always constrain it."""
+
+    MIN_COST = "min_cost"  # cheapest config that holds the SLO
+    MAX_RATE = "max_rate"  # highest sustainable request rate at the SLO within max_cost_per_hour
+    MIN_P99 = "min_p99"  # lowest p99 within max_cost_per_hour
+
+
+class KnobRange(_Strict):
+    """The values one knob may take: `{low, high, log}` for numbers, `{choices: [...]}` otherwise."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[str | int | float] | None = None
+
+    @model_validator(mode="after")
+    def _range_or_choices(self) -> KnobRange:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or self.log:
+                raise ValueError("a knob takes either choices or low/high, not both")
+            if not self.choices:
+                raise ValueError("choices must not be empty")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a knob range needs low and high (or choices)")
+        if self.low >= self.high:
+            raise ValueError(f"empty or inverted range: low {self.low} >= high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scale range needs low > 0 (got {self.low})")
+        return self
+
+
+class QualitySpec(_Strict):
+    """Model-quality budget for the cut-off knob.
+
+    With `curve` (the `quality_vs_cutoff.json` that `jizhi train` writes), the loss of a cut-off
+    rank K is the AUC drop measured at K (interpolated); without it, the fraction of key lookups
+    the cut-off skips.
+    """
+
+    max_loss: NonNegativeFloat = 0.001
+    curve: Path | None = None
+
+    _check_curve = field_validator("curve")(_resolve_file)
+
+
+class TuningSpec(_Strict):
+    """What `jizhi tune` searches: knob ranges by `stage.knob`, the objective, the trial length."""
+
+    objective: Objective = Objective.MIN_COST
+    max_cost_per_hour: PositiveFloat | None = None
+    quality: QualitySpec = QualitySpec()
+    trial_requests: PositiveInt = 6_000
+    trial_warmup_requests: NonNegativeInt = 600
+    knobs: dict[str, KnobRange] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _budget(self) -> TuningSpec:
+        if self.objective is not Objective.MIN_COST and self.max_cost_per_hour is None:
+            raise ValueError(f"objective '{self.objective.value}' needs max_cost_per_hour")
+        return self
+
+
 _RESERVED_STAGE_NAMES = frozenset(
-    {"name", "description", "workload", "stages", "overhead", "slo", "cost", "simulation"}
+    {"name", "description", "workload", "stages", "overhead", "slo", "cost", "simulation", "tuning"}
 )
 
 
@@ -311,6 +379,7 @@ class PipelineSpec(_Strict):
     slo: SloSpec
     cost: CostSpec = CostSpec()
     simulation: SimulationSpec = SimulationSpec()
+    tuning: TuningSpec = TuningSpec()
 
     @model_validator(mode="after")
     def _stage_names(self) -> PipelineSpec:
@@ -326,7 +395,33 @@ class PipelineSpec(_Strict):
             and self.workload.sparse_features_per_row == 0
         ):
             raise ValueError("a features stage needs workload.sparse_features_per_row > 0")
+        for path, knob_range in self.tuning.knobs.items():
+            self._check_tunable(path, knob_range)
         return self
+
+    def _check_tunable(self, path: str, knob_range: KnobRange) -> None:
+        stage_name, _, knob = path.partition(".")
+        names = [s.name for s in self.stages]
+        if stage_name not in names or knob not in KNOB_NAMES:
+            raise ValueError(
+                f"tuning.knobs: '{path}' is not STAGE.KNOB with a stage in {', '.join(names)} "
+                f"and a knob in {', '.join(KNOB_NAMES)}"
+            )
+        stage = self.stage(stage_name)
+        if knob in FEATURE_KNOBS and stage.kind is not StageKind.FEATURES:
+            raise ValueError(f"tuning.knobs: '{path}': '{knob}' applies only to a features stage")
+        categorical = knob in ("device", "cache_policy")
+        if categorical != (knob_range.choices is not None):
+            kind = "choices: [...]" if categorical else "low/high"
+            raise ValueError(f"tuning.knobs: '{path}' takes {kind}")
+        if knob == "device" and "gpu" in (knob_range.choices or []) and stage.gpu is None:
+            raise ValueError(f"tuning.knobs: '{path}' offers gpu but stage has no 'gpu' variant")
+        allowed = {"device": [d.value for d in Device], "cache_policy": [p.value for p in CachePolicy]}
+        for choice in knob_range.choices or []:
+            if choice not in allowed.get(knob, []):
+                raise ValueError(
+                    f"tuning.knobs: '{path}': {choice!r} is not one of {', '.join(allowed[knob])}"
+                )
 
     def stage(self, name: str) -> StageSpec:
         for s in self.stages:

@@ -1,0 +1,151 @@
+"""The tuning loop: ask the tuner, evaluate in parallel, journal, re-check the best on fresh seeds.
+
+This is the I/O shell around the ask/tell `Tuner`: it owns the evaluator (processes or Ray), the
+`trials.jsonl` journal and `best.yaml`. A winner is declared only after the best few candidates
+are simulated again on seeds the search never saw and hold the constraints on every one of them.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from simulator import PipelineSpec
+from simulator.errors import InputError
+
+from autotune.evaluate import EvalTask, Evaluator, SimulatorEvaluator
+from autotune.record import TrialLog, read_trials
+from autotune.space import SearchSpace
+from autotune.tuner import GaussianProcessEngine, Proposal, Trial, Tuner
+
+__all__ = ["Progress", "TuneResult", "run_strategy", "tune"]
+
+RERUN_CANDIDATES = 3
+RERUN_SEEDS = 3
+
+# Called after every finished trial: (strategy, trials done, trials planned, best feasible value).
+Progress = Callable[[str, int, int, float | None], None]
+
+
+@dataclass
+class TuneResult:
+    spec: PipelineSpec
+    trials: list[Trial]  # the Bayesian-optimisation trials, in order
+    reruns: list[Trial]  # the best candidates on fresh seeds
+    winner: Trial | None  # the candidate that held on every fresh seed (None: nothing feasible)
+    winner_mean_value: float | None
+    baselines: dict[str, list[Trial]] = field(default_factory=dict)
+
+
+def run_strategy(
+    tuner: Tuner,
+    evaluator: Evaluator,
+    budget: int,
+    seed: int,
+    batch: int,
+    log: TrialLog | None = None,
+    progress: Progress | None = None,
+) -> list[Trial]:
+    """Ask/evaluate/tell until the tuner holds `budget` trials; returns the tuner's trials."""
+    while len(tuner.trials) < budget:
+        proposals = tuner.ask(min(batch, budget - len(tuner.trials)))
+        by_key: dict[int, Proposal] = {p.trial: p for p in proposals}
+        tasks = [EvalTask(p.trial, p.config, seed) for p in proposals]
+        for outcome in evaluator.evaluate(tasks):
+            trial = tuner.tell(by_key[outcome.key], outcome)
+            if log is not None:
+                log.append(trial)
+            if progress is not None:
+                best = tuner.best()
+                progress(tuner.strategy, len(tuner.trials), budget, best[0].value if best else None)
+    return tuner.trials
+
+
+def _rerun(
+    tuner: Tuner, evaluator: Evaluator, seed: int, log: TrialLog
+) -> tuple[list[Trial], Trial | None, float | None]:
+    """Evaluate the best candidates on fresh seeds; the winner holds on all of them."""
+    candidates = tuner.best(RERUN_CANDIDATES)
+    if not candidates:
+        return [], None, None
+    seeds = [seed + 1_000_003 * (i + 1) for i in range(RERUN_SEEDS)]
+    tasks = [
+        EvalTask(index * RERUN_SEEDS + j, c.config, s)
+        for index, c in enumerate(candidates)
+        for j, s in enumerate(seeds)
+    ]
+    reruns: dict[int, list[Trial]] = {i: [] for i in range(len(candidates))}
+    for outcome in evaluator.evaluate(tasks):
+        candidate = candidates[outcome.key // RERUN_SEEDS]
+        value, feasible = tuner.judge(outcome)
+        trial = Trial(
+            trial=candidate.trial,
+            strategy="rerun",
+            point=candidate.point,
+            config=candidate.config,
+            seed=outcome.seed,
+            metrics=outcome.metrics,
+            value=value,
+            feasible=feasible,
+            error=outcome.error,
+            wall_s=outcome.wall_s,
+        )
+        log.append(trial)
+        reruns[outcome.key // RERUN_SEEDS].append(trial)
+    held = [
+        (statistics.fmean(t.value for t in runs), i)
+        for i, runs in reruns.items()
+        if runs and all(t.feasible for t in runs)
+    ]
+    all_reruns = [t for runs in reruns.values() for t in runs]
+    if not held:
+        return all_reruns, None, None
+    mean_value, index = min(held)
+    return all_reruns, candidates[index], mean_value
+
+
+def tune(
+    spec: PipelineSpec,
+    *,
+    trials: int,
+    out_dir: Path,
+    workers: int = 1,
+    seed: int | None = None,
+    resume: bool = False,
+    ray_address: str | None = None,
+    initial_points: int | None = None,
+    progress: Progress | None = None,
+    evaluator: Evaluator | None = None,
+) -> TuneResult:
+    """Bayesian optimisation of `spec.tuning.knobs`; journal in `out_dir/trials.jsonl`."""
+    space = SearchSpace(spec)
+    if len(space) == 0:
+        raise InputError(
+            "the spec has no tuning.knobs: name the knobs to tune, e.g. ranker.replicas: {low: 1, high: 8}"
+        )
+    if trials < 1:
+        raise InputError(f"--trials must be >= 1 (got {trials})")
+    seed = spec.simulation.seed if seed is None else seed
+    out_dir.mkdir(parents=True, exist_ok=True)
+    journal = out_dir / "trials.jsonl"
+    earlier = read_trials(journal, spec, space) if resume and journal.exists() else []
+    log = TrialLog(journal, spec, space, resume=resume)
+    engine = GaussianProcessEngine(
+        space, seed, initial_points=initial_points or max(5, min(10, trials // 4))
+    )
+    tuner = Tuner(spec, engine, space)
+    tuner.warm_start([t for t in earlier if t.strategy == "bo"])
+    own_evaluator = evaluator is None
+    evaluator = evaluator or SimulatorEvaluator(spec, workers=workers, ray_address=ray_address)
+    try:
+        run_strategy(tuner, evaluator, trials, seed, max(1, workers), log, progress)
+        reruns, winner, mean_value = _rerun(tuner, evaluator, seed, log)
+    finally:
+        log.close()
+        if own_evaluator:
+            evaluator.close()
+    if winner is not None:
+        (out_dir / "best.yaml").write_text(winner.config.to_yaml())
+    return TuneResult(spec, list(tuner.trials), reruns, winner, mean_value)

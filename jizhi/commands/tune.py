@@ -1,0 +1,180 @@
+"""`jizhi tune SPEC [--trials N] [--objective O] [--set k=v ...] [--out DIR] [--compare] ...`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from jizhi.commands.simulate import _positive_int
+
+if TYPE_CHECKING:
+    from autotune.run import Progress, TuneResult
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "tune",
+        help="find the cheapest config that holds the SLO (Bayesian optimisation on the simulator)",
+        description="Tune the knobs named in the spec's tuning section on the simulator.",
+    )
+    parser.add_argument("spec", help="pipeline spec (YAML) with a tuning section")
+    parser.add_argument("--trials", type=_positive_int, default=60, help="evaluations (default 60)")
+    parser.add_argument(
+        "--objective",
+        choices=["min_cost", "max_rate", "min_p99"],
+        help="override the spec's tuning.objective",
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="PATH=VALUE",
+        help="override a spec field or baseline knob, e.g. workload.rate_rps=3000",
+    )
+    parser.add_argument("--out", default="runs/tune", help="output folder (default runs/tune)")
+    parser.add_argument(
+        "--workers",
+        type=_positive_int,
+        default=os.cpu_count() or 1,
+        help="parallel evaluations in worker processes (default: number of cores)",
+    )
+    parser.add_argument("--ray", metavar="ADDRESS", help="run trials as Ray tasks on this cluster")
+    parser.add_argument("--seed", type=int, help="random seed (default: the spec's)")
+    parser.add_argument("--resume", action="store_true", help="continue OUT/trials.jsonl")
+    parser.add_argument(
+        "--compare", action="store_true", help="also run the baselines with the same budget"
+    )
+    parser.add_argument("--no-report", action="store_true", help="skip OUT/report.md and plots")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from autotune.run import tune
+    from simulator import ServingConfig, apply_config, apply_overrides, load_spec
+
+    spec = load_spec(args.spec)
+    spec, config = apply_overrides(spec, ServingConfig(), args.overrides)
+    spec = apply_config(spec, config)
+    if args.objective:
+        from simulator.load import validate_spec
+
+        data = spec.model_dump(mode="json")
+        data["tuning"]["objective"] = args.objective
+        spec = validate_spec(data, source="--objective")
+    out = Path(args.out)
+    progress, close = _progress()
+    try:
+        result = tune(
+            spec,
+            trials=args.trials,
+            out_dir=out,
+            workers=args.workers,
+            seed=args.seed,
+            resume=args.resume,
+            ray_address=args.ray,
+            progress=progress,
+        )
+        if args.compare:
+            from autotune.baselines import run_baselines
+
+            result.baselines = run_baselines(
+                spec,
+                budget=args.trials,
+                out_dir=out,
+                workers=args.workers,
+                seed=args.seed,
+                ray_address=args.ray,
+                progress=progress,
+            )
+    finally:
+        close()
+    print(summary(result))
+    if not args.no_report:
+        from autotune.report import write_report
+
+        print(f"report: {write_report(result, out)}")
+    if result.winner is not None:
+        print(f"best config: {out / 'best.yaml'}")
+    print(f"trials: {out / 'trials.jsonl'}")
+    return 0 if result.winner is not None else 1
+
+
+def _progress() -> tuple[Progress, Callable[[], None]]:
+    from tqdm import tqdm
+
+    bars: dict[str, tqdm] = {}  # type: ignore[type-arg]
+
+    def update(strategy: str, done: int, planned: int, best: float | None) -> None:
+        bar = bars.get(strategy)
+        if bar is None:
+            bar = tqdm(total=planned, desc=f"{strategy:<10}", unit="trial", file=sys.stderr)
+            bars[strategy] = bar
+        bar.n = done
+        bar.set_postfix_str("best: none feasible yet" if best is None else f"best {best:.4g}")
+        bar.refresh()
+
+    def close() -> None:
+        for bar in bars.values():
+            bar.close()
+
+    return update, close
+
+
+def summary(result: TuneResult) -> str:
+    """The end-of-run table: the winner's knobs and predictions, and its savings."""
+    from autotune.baselines import ray_defaults_trial
+
+    spec = result.spec
+    if result.winner is None:
+        return "no config held the SLO, shed limit and quality budget on every fresh seed"
+    winner = result.winner
+    tuned = {d.split(".")[0] for d in spec.tuning.knobs}
+    lines = [f"winner (trial {winner.trial}), confirmed on fresh seeds:"]
+    for stage, knobs in winner.config.knobs().items():
+        if stage in tuned:
+            values = ", ".join(f"{k}={_fmt(v)}" for k, v in knobs.items() if v is not None)
+            lines.append(f"  {stage:<10} {values}")
+    reruns = [t.metrics for t in result.reruns if t.trial == winner.trial and t.metrics]
+    m = winner.metrics
+    assert m is not None
+    p50 = sum(r.p50_s for r in reruns) / len(reruns) if reruns else m.p50_s
+    p99 = sum(r.p99_s for r in reruns) / len(reruns) if reruns else m.p99_s
+    lines.append(
+        f"predicted: p50 {p50 * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms (SLO {spec.slo.p99_s * 1e3:.0f} ms), "
+        f"throughput {m.throughput_rps:.0f} req/s, cost ${m.cost_per_hour:.3f}/h"
+    )
+    defaults = result.baselines.get("ray-defaults") or [ray_defaults_trial(spec)]
+    ref = defaults[0]
+    if ref.feasible and ref.metrics is not None:
+        saving = 1 - m.cost_per_hour / ref.metrics.cost_per_hour
+        lines.append(f"vs Ray Serve defaults (${ref.metrics.cost_per_hour:.3f}/h): {saving:+.1%} cost")
+    elif ref.metrics is not None:
+        lines.append(
+            f"Ray Serve defaults miss the SLO (p99 {ref.metrics.p99_s * 1e3:.1f} ms, "
+            f"shed {ref.metrics.shed_rate:.1%}) at ${ref.metrics.cost_per_hour:.3f}/h"
+        )
+    best_baseline = min(
+        (
+            (t.value, name)
+            for name, ts in result.baselines.items()
+            if name != "ray-defaults"
+            for t in ts
+            if t.feasible
+        ),
+        default=None,
+    )
+    if best_baseline is not None:
+        value, name = best_baseline
+        lines.append(f"vs best baseline ({name}, {value:.4g}): {1 - winner.value / value:+.1%}")
+    return "\n".join(lines)
+
+
+def _fmt(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
