@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The CPU build of torch is installed first so that nothing else pulls the multi-GB CUDA wheels.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install run test lint typecheck unit bench clean
+.PHONY: install services run test lint typecheck unit bench clean
 
 $(STAMP): pyproject.toml setup.py simulator/_cache.pyx simulator/_zipf.pyx
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml setup.py simulator/_cache.pyx simulator/_zipf.pyx
 	touch $@
 
 install: $(STAMP)
+
+# Servers the integration tests start themselves on loopback (Redis).
+services:
+	./scripts/install-services.sh
 
 run: install
 	$(BIN)/jizhi simulate examples/ctr.yaml
@@ -30,7 +34,7 @@ typecheck: install
 unit: install
 	$(BIN)/pytest -m "not integration"
 
-test: lint typecheck
+test: services lint typecheck
 	$(BIN)/pytest
 
 bench: install
