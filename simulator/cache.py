@@ -96,7 +96,10 @@ class KeyCache:
             return self._core.access(_as_keys(keys))
 
     def lookup(
-        self, keys: npt.ArrayLike, slots_out: npt.NDArray[np.int64], status_out: npt.NDArray[np.int8]
+        self,
+        keys: npt.ArrayLike,
+        slots_out: npt.NDArray[np.int64],
+        status_out: npt.NDArray[np.int8],
     ) -> tuple[int, int]:
         """As `access`, and for each position i writes slots_out[i] (the slot in [0, capacity) that
         holds or will hold keys[i]'s value, or -1 to bypass) and status_out[i] (a `CacheStatus`)."""
