@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from simulator.errors import InputError
+from simulator.errors import InputError, ServiceError
 
 __all__ = ["MmapStore", "ParameterStore", "RedisStore", "StoreError", "load_redis", "open_store"]
 
@@ -29,7 +29,7 @@ DEFAULT_PREFIX = "jizhi:emb:"
 _CHUNK = 2048
 
 
-class StoreError(RuntimeError):
+class StoreError(ServiceError):
     """The store cannot answer (unreachable, or a key it should hold is missing)."""
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-__all__ = ["InputError"]
+__all__ = ["InputError", "ServiceError"]
 
 
 class InputError(ValueError):
     """Input a user wrote (a spec, a config, a flag, a file) is wrong; the message names what and what is allowed."""
+
+
+class ServiceError(RuntimeError):
+    """A service a command depends on (Ray, Redis, Prometheus) failed; the CLI prints one line, exits 1."""

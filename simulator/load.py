@@ -16,7 +16,13 @@ from pydantic import ValidationError
 
 from simulator.config import ServingConfig
 from simulator.errors import InputError
-from simulator.spec import PipelineSpec
+from simulator.spec import Deterministic, Exponential, Linear, Lognormal, PipelineSpec, Profile
+
+# The service-time models, by the tag pydantic inserts into error locations.
+_UNION_MEMBERS: dict[str, Any] = {
+    m.model_fields["model"].default: m
+    for m in (Deterministic, Exponential, Lognormal, Linear, Profile)
+}
 
 __all__ = ["describe_validation_error", "load_config", "load_spec", "validate_spec"]
 
@@ -51,7 +57,7 @@ def _location(loc: tuple[int | str, ...], data: Any) -> str:
             parts.append(item)
         elif isinstance(node, dict) and item not in node and parts and parts[-1] != item:
             # a discriminated-union tag or a model name that pydantic inserts into the path
-            if item in ("deterministic", "exponential", "lognormal", "linear", "profile"):
+            if item in _UNION_MEMBERS:
                 continue
             parts.append(item)
         else:
@@ -82,20 +88,15 @@ def describe_validation_error(exc: ValidationError, prefix: str = "", data: Any 
 
 
 def _allowed_fields(exc: ValidationError, err: Any) -> list[str]:
-    from simulator import spec as spec_module
-
-    title = exc.title
-    # Walk the model tree along the error location to find the model that rejected the key.
-    model: Any = getattr(spec_module, title, None)
+    """Walk the model tree along the error's location to the model that rejected the key."""
+    model: Any = {"PipelineSpec": PipelineSpec, "ServingConfig": ServingConfig}.get(exc.title)
     for item in err["loc"][:-1]:
         if model is None or isinstance(item, int):
             continue
-        field = model.model_fields.get(item) if hasattr(model, "model_fields") else None
-        if field is None:
-            model = _union_member(model, item)
-            continue
-        model = _model_of(field.annotation)
-    return sorted(model.model_fields) if hasattr(model, "model_fields") else []
+        field = model.model_fields.get(item)
+        # not a field: a union tag pydantic put in the path, or a key of a dict of models
+        model = _UNION_MEMBERS.get(item, model) if field is None else _model_of(field.annotation)
+    return sorted(model.model_fields) if model is not None else []
 
 
 def _model_of(annotation: Any) -> Any:
@@ -108,12 +109,6 @@ def _model_of(annotation: Any) -> Any:
         if found is not None:
             return found
     return None
-
-
-def _union_member(model: Any, tag: Any) -> Any:
-    from simulator import spec as spec_module
-
-    return getattr(spec_module, str(tag).capitalize(), model)
 
 
 def validate_spec(data: Any, source: str, base_dir: Path | None = None) -> PipelineSpec:

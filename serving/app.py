@@ -1,0 +1,264 @@
+"""The Ray Serve application: Ingress (Open Inference Protocol v2) → Features → Ranker.
+
+- `Ingress` (FastAPI under `@serve.ingress`) parses requests with `serving.protocol` (the body is
+  read raw: tritonclient sends no Content-Type) and answers 400/404/413/503 with `{"error": ...}`.
+- `Features` looks rows' keys up through the cut-off, the cache and the parameter store
+  (`serving.features.FeatureLookup`).
+- `Ranker` runs the TorchScript dense part under `@serve.batch`, on a GPU when the config says so.
+  With `features_in_ranker` the lookup runs inside the ranker on the whole batch (one hop less).
+
+Knobs that Ray changes without restarting a replica arrive through `user_config` and
+`reconfigure`: batch size and wait timeout (set on the live batch queue), cache policy and
+capacity, cut-off. Built by `build_app(args)` — the `import_path` of the Serve config file that
+`serving.deploy` writes, so later updates are in-place config-file deploys.
+"""
+
+# NOTE: no `from __future__ import annotations`: FastAPI must see the real `Request` type.
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serving.features import FeatureLookup
+from serving.metrics import StageMetrics
+from serving.protocol import (
+    BINARY_HEADER,
+    ModelSignature,
+    ProtocolError,
+    encode_infer_response,
+    model_metadata,
+    parse_infer_request,
+)
+from serving.stores import open_store
+
+__all__ = ["AppArgs", "build_app"]
+
+MAX_BODY_BYTES = 8 << 20
+
+
+class AppArgs(BaseModel):
+    """What `build_app` needs; written into the Serve config file's `args`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_dir: str
+    model_name: str = "ctr"
+    store: str | None = None  # redis://… or a .npy path; default: the model's own table
+    features_in_ranker: bool = False
+    device: str = "cpu"
+    max_concurrent_batches: int = 1
+    stage_names: tuple[str, str, str] = ("ingress", "features", "ranker")
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _signature(args: AppArgs) -> ModelSignature:
+    from serving.models import read_artifact
+
+    meta = read_artifact(Path(args.model_dir)).metadata
+    return ModelSignature(
+        name=args.model_name,
+        sparse_fields=len(meta.sparse_fields),
+        dense_features=len(meta.dense_features),
+        vocab_size=meta.vocab_size,
+    )
+
+
+class _Lookup:
+    """A `FeatureLookup` of the model's store, configured from `user_config`."""
+
+    def __init__(self, args: AppArgs, stage: str) -> None:
+        from serving.models import read_artifact
+
+        artifact = read_artifact(Path(args.model_dir))
+        store = open_store(
+            args.store or str(artifact.file("embeddings")), artifact.config.embedding_dim
+        )
+        self.lookup = FeatureLookup(store, artifact.popularity_rank())
+        self.metrics = StageMetrics(stage)
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        self.lookup.reconfigure(
+            config.get("cache_policy", "lru"),
+            int(config.get("cache_capacity", 0) or 0),
+            config.get("cutoff_rank"),
+        )
+
+    def __call__(self, ids: np.ndarray) -> np.ndarray:
+        vectors, stats = self.lookup.lookup(ids)
+        self.metrics.lookup(stats.hits, stats.misses, stats.cut, stats.store_seconds)
+        return vectors
+
+
+@serve.deployment(name="Features")
+class Features:
+    def __init__(self, args: dict[str, Any]) -> None:
+        self.args = AppArgs.model_validate(args)
+        self._lookup = _Lookup(self.args, self.args.stage_names[1])
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        self._lookup.reconfigure(config)
+
+    async def lookup(self, ids: np.ndarray) -> np.ndarray:
+        started = time.perf_counter()
+        vectors = self._lookup(ids)
+        self._lookup.metrics.latency.observe(time.perf_counter() - started)
+        return vectors
+
+
+@serve.deployment(name="Ranker")
+class Ranker:
+    def __init__(self, args: dict[str, Any]) -> None:
+        import torch
+
+        from serving.models import read_artifact
+
+        self.args = AppArgs.model_validate(args)
+        self.device = "cuda" if self.args.device == "gpu" else "cpu"
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(
+                "the config asks for a GPU ranker but this replica sees no CUDA device"
+            )
+        self.model = read_artifact(Path(self.args.model_dir)).dense_torchscript(self.device)
+        self._torch = torch
+        self.metrics = StageMetrics(self.args.stage_names[2])
+        self._lookup = (
+            _Lookup(self.args, self.args.stage_names[2]) if self.args.features_in_ranker else None
+        )
+        # The batch queue is built here so that max_concurrent_batches comes from the config.
+        self._batched: Any = serve.batch(
+            max_batch_size=10,
+            batch_wait_timeout_s=0.01,
+            max_concurrent_batches=self.args.max_concurrent_batches,
+        )(self._score_batch)
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        self._batched.set_max_batch_size(int(config.get("max_batch_size", 10)))
+        self._batched.set_batch_wait_timeout_s(float(config.get("batch_wait_timeout_s", 0.01)))
+        if self._lookup is not None:
+            self._lookup.reconfigure(config)
+
+    def batching(self) -> dict[str, Any]:
+        """The live batching settings and this replica's process id (for tests and status)."""
+        import os
+
+        return {
+            "max_batch_size": self._batched._get_max_batch_size(),
+            "batch_wait_timeout_s": self._batched._get_batch_wait_timeout_s(),
+            "pid": os.getpid(),
+        }
+
+    async def _score_batch(self, items: list[tuple[np.ndarray, np.ndarray]]) -> list[np.ndarray]:
+        started = time.perf_counter()
+        sizes = [len(dense) for _, dense in items]
+        firsts = [first for first, _ in items]
+        if self._lookup is not None:  # `first` is key ids: one lookup for the whole batch
+            vectors = self._lookup(np.concatenate(firsts))
+        else:
+            vectors = np.concatenate(firsts)
+        dense = np.concatenate([d for _, d in items])
+        torch = self._torch
+        with torch.inference_mode():
+            scores = self.model(
+                torch.from_numpy(vectors).to(self.device), torch.from_numpy(dense).to(self.device)
+            )
+        out = scores.float().cpu().numpy()
+        self.metrics.batch_rows.observe(len(dense))
+        self.metrics.latency.observe(time.perf_counter() - started)
+        return list(np.split(out, np.cumsum(sizes)[:-1]))
+
+    async def score(self, first: np.ndarray, dense: np.ndarray) -> np.ndarray:
+        """Scores for one request's rows; `first` is vectors, or key ids with features_in_ranker."""
+        result: np.ndarray = await self._batched((first, dense))
+        return result
+
+
+api = FastAPI(title="jizhi", docs_url=None, redoc_url=None)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return _error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
+
+
+@serve.deployment(name="Ingress")
+@serve.ingress(api)
+class Ingress:
+    def __init__(
+        self, args: dict[str, Any], ranker: DeploymentHandle, features: DeploymentHandle | None
+    ) -> None:
+        self.args = AppArgs.model_validate(args)
+        self.signature = _signature(self.args)
+        self.ranker = ranker
+        self.features = features
+
+    @api.get("/v2/health/live")
+    async def live(self) -> dict[str, bool]:
+        return {"live": True}
+
+    @api.get("/v2/health/ready")
+    async def ready(self) -> dict[str, bool]:
+        return {"ready": True}
+
+    @api.get("/v2/models/{name}")
+    async def metadata(self, name: str) -> Response:
+        if name != self.signature.name:
+            return _error(
+                404, f"unknown model '{name}'; this server serves '{self.signature.name}'"
+            )
+        return JSONResponse(model_metadata(self.signature))
+
+    @api.get("/v2/models/{name}/ready")
+    async def model_ready(self, name: str) -> Response:
+        if name != self.signature.name:
+            return _error(
+                404, f"unknown model '{name}'; this server serves '{self.signature.name}'"
+            )
+        return JSONResponse({"name": name, "ready": True})
+
+    @api.post("/v2/models/{name}/infer")
+    async def infer(self, name: str, request: Request) -> Response:
+        if name != self.signature.name:
+            return _error(
+                404, f"unknown model '{name}'; this server serves '{self.signature.name}'"
+            )
+        # The body is read whole even when too large: answering before the client has sent it
+        # all makes the proxy reset the connection instead of delivering the 413.
+        body = await request.body()
+        if len(body) > MAX_BODY_BYTES:
+            return _error(413, f"request body over {MAX_BODY_BYTES} bytes")
+        try:
+            parsed = parse_infer_request(body, request.headers.get(BINARY_HEADER), self.signature)
+        except ProtocolError as exc:
+            return _error(exc.status, exc.message)
+        try:
+            first = parsed.sparse_ids
+            if self.features is not None:
+                first = await self.features.lookup.remote(parsed.sparse_ids)
+            scores = await self.ranker.score.remote(first, parsed.dense)
+        except Exception as exc:  # a stage failed (store unreachable, replica died): retryable
+            return _error(503, f"inference failed: {type(exc).__name__}: {exc}"[:500])
+        payload, headers = encode_infer_response(
+            self.signature, parsed.id, scores, parsed.binary_output
+        )
+        return Response(payload, headers=headers, media_type=headers["Content-Type"])
+
+
+def build_app(args: dict[str, Any]) -> Any:
+    """Serve application builder (`import_path: serving.app:build_app`)."""
+    parsed = AppArgs.model_validate(args)
+    plain = parsed.model_dump(mode="json")
+    deployments: Any = (Ranker, Features, Ingress)  # Serve's Deployment objects
+    ranker_d, features_d, ingress_d = deployments
+    ranker = ranker_d.bind(plain)
+    features = None if parsed.features_in_ranker else features_d.bind(plain)
+    return ingress_d.bind(plain, ranker, features)

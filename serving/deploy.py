@@ -1,0 +1,108 @@
+"""From (spec, config, model) to the Serve config file that `serve deploy` accepts.
+
+Every knob of the config lands where Ray applies it: replicas and in-flight limits in the
+deployment options, batching, cache and cut-off in `user_config` (applied by `reconfigure`,
+without restarting replicas), CPUs and GPUs in `ray_actor_options` (a change restarts replicas).
+The spec must have the serving shape: an ingress stage, a features stage, a ranker stage, in order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from serving.app import AppArgs
+from simulator import PipelineSpec
+from simulator.errors import InputError
+from simulator.spec import Device, StageKind, StageSpec
+
+__all__ = ["APP_NAME", "HTTP_PORT", "serve_config", "serving_stages"]
+
+APP_NAME = "jizhi"
+HTTP_PORT = 8000
+
+
+def serving_stages(spec: PipelineSpec) -> tuple[StageSpec, StageSpec, StageSpec]:
+    """The (ingress, features, ranker) stages of a spec that Ray Serve can run."""
+    kinds = [s.kind for s in spec.stages]
+    if kinds != [StageKind.COMPUTE, StageKind.FEATURES, StageKind.COMPUTE]:
+        shape = ", ".join(f"{s.name} ({s.kind.value})" for s in spec.stages)
+        raise InputError(
+            f"serving needs three stages: ingress (compute), features (features), ranker "
+            f"(compute); this spec has {shape}"
+        )
+    ingress, features, ranker = spec.stages
+    return ingress, features, ranker
+
+
+def _options(stage: StageSpec, deployment: str) -> dict[str, Any]:
+    gpu = stage.device is Device.GPU and stage.gpu is not None
+    resources = stage.gpu.resources if gpu and stage.gpu is not None else stage.resources
+    actor: dict[str, Any] = {"num_cpus": resources.cpu}
+    if resources.gpu:
+        actor["num_gpus"] = resources.gpu
+    return {
+        "name": deployment,
+        "num_replicas": stage.replicas,
+        "max_ongoing_requests": stage.max_ongoing_requests,
+        "max_queued_requests": stage.max_queued_requests,
+        "ray_actor_options": actor,
+    }
+
+
+def serve_config(
+    spec: PipelineSpec,
+    model_dir: str,
+    *,
+    store: str | None = None,
+    features_in_ranker: bool = False,
+    model_name: str = "ctr",
+    port: int = HTTP_PORT,
+) -> dict[str, Any]:
+    """The Serve config (the YAML of `serve deploy`) for a spec whose stages carry the config."""
+    ingress, features, ranker = serving_stages(spec)
+    need = ranker.max_batch_size * ranker.max_concurrent_batches
+    if ranker.max_ongoing_requests < need:
+        raise InputError(
+            f"stages.{ranker.name}: max_ongoing_requests {ranker.max_ongoing_requests} < "
+            f"max_batch_size × max_concurrent_batches = {need}; Ray would cap every batch at "
+            f"{ranker.max_ongoing_requests}: raise max_ongoing_requests"
+        )
+    args = AppArgs(
+        model_dir=model_dir,
+        model_name=model_name,
+        store=store,
+        features_in_ranker=features_in_ranker,
+        device=ranker.device.value,
+        max_concurrent_batches=ranker.max_concurrent_batches,
+        stage_names=(ingress.name, features.name, ranker.name),
+    )
+    cache = {
+        "cache_policy": features.cache_policy.value if features.cache_policy else "none",
+        "cache_capacity": features.cache_capacity or 0,
+        "cutoff_rank": features.cutoff_rank,
+    }
+    batching = {
+        "max_batch_size": ranker.max_batch_size,
+        "batch_wait_timeout_s": ranker.batch_wait_timeout_s,
+    }
+    deployments = [_options(ingress, "Ingress")]
+    ranker_options = _options(ranker, "Ranker")
+    if features_in_ranker:
+        ranker_options["user_config"] = {**batching, **cache}
+    else:
+        deployments.append({**_options(features, "Features"), "user_config": cache})
+        ranker_options["user_config"] = batching
+    deployments.append(ranker_options)
+    return {
+        "proxy_location": "HeadOnly",
+        "http_options": {"host": "127.0.0.1", "port": port},
+        "applications": [
+            {
+                "name": APP_NAME,
+                "route_prefix": "/",
+                "import_path": "serving.app:build_app",
+                "args": args.model_dump(mode="json"),
+                "deployments": deployments,
+            }
+        ],
+    }

@@ -1,0 +1,189 @@
+"""The real serving path: a local Ray head, the Serve application deployed from a config file,
+tritonclient against it, live reconfiguration, bad requests, metrics. One deployment for the
+module (start-up costs about a minute on 2 cores); each test leaves it serving."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import tritonclient.http as triton
+
+from jizhi.cli import main
+from serving import cluster
+from serving.models import read_artifact
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+URL = "127.0.0.1:8000"
+SMALL = [
+    "--set", "ingress.replicas=1", "--set", "features.replicas=1", "--set", "ranker.replicas=1",
+    "--set", "ranker.max_batch_size=8", "--set", "ranker.max_ongoing_requests=16",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("model") / "ctr"
+    args = [
+        "train", "--out", str(out), "--vocab-size", "20000", "--source-rows", "20000",
+        "--target-rows", "5000", "--test-rows", "5000", "--no-compare", "--quiet", "--threads", "1",
+    ]  # fmt: skip
+    assert main(args) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def served(model_dir: Path) -> Iterator[Path]:
+    assert not cluster.head_running(), "a Ray head is already running on 127.0.0.1:8265"
+    spec = str(ROOT / "examples" / "ctr.yaml")
+    try:
+        assert main(["serve", spec, "--model", str(model_dir), *SMALL]) == 0
+        yield model_dir
+    finally:
+        main(["serve", "--stop"])
+
+
+def _rows(model_dir: Path, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    meta = read_artifact(model_dir).metadata
+    rng = np.random.default_rng(seed)
+    ids = np.stack(
+        [rng.integers(f.offset, f.offset + f.vocab_size, n) for f in meta.sparse_fields], axis=1
+    ).astype(np.int64)
+    dense = rng.standard_normal((n, len(meta.dense_features))).astype(np.float32)
+    return ids, dense
+
+
+def _infer(ids: np.ndarray, dense: np.ndarray, binary: bool) -> np.ndarray:
+    client = triton.InferenceServerClient(URL)
+    a = triton.InferInput("sparse_ids", list(ids.shape), "INT64")
+    a.set_data_from_numpy(ids, binary_data=binary)
+    b = triton.InferInput("dense", list(dense.shape), "FP32")
+    b.set_data_from_numpy(dense, binary_data=binary)
+    result = client.infer(
+        "ctr", [a, b], outputs=[triton.InferRequestedOutput("scores", binary_data=binary)]
+    )
+    scores: np.ndarray = result.as_numpy("scores")
+    return scores
+
+
+def _post(path: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(
+        f"http://{URL}{path}", data=body, method="POST", headers=headers or {}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_health_metadata_and_scores_equal_the_models_own(served: Path) -> None:
+    client = triton.InferenceServerClient(URL)
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("ctr")
+    meta = client.get_model_metadata("ctr")
+    assert [i["name"] for i in meta["inputs"]] == ["sparse_ids", "dense"]
+    ids, dense = _rows(served, 12, seed=1)
+    expected = read_artifact(served).ranker().predict(ids, dense)
+    for binary in (False, True):
+        np.testing.assert_allclose(_infer(ids, dense, binary), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_requests_get_4xx_with_error_and_the_next_request_succeeds(served: Path) -> None:
+    ids, dense = _rows(served, 2, seed=2)
+    good = {
+        "inputs": [
+            {
+                "name": "sparse_ids",
+                "shape": list(ids.shape),
+                "datatype": "INT64",
+                "data": ids.tolist(),
+            },
+            {
+                "name": "dense",
+                "shape": list(dense.shape),
+                "datatype": "FP32",
+                "data": dense.tolist(),
+            },
+        ]
+    }
+    bad_ids = json.loads(json.dumps(good))
+    bad_ids["inputs"][0]["data"][0][0] = 10**9
+    wrong_type = json.loads(json.dumps(good))
+    wrong_type["inputs"][1]["datatype"] = "INT64"
+    cases = [
+        ("/v2/models/ctr/infer", b"{garbage", 400),
+        ("/v2/models/ctr/infer", json.dumps(bad_ids).encode(), 400),
+        ("/v2/models/ctr/infer", json.dumps(wrong_type).encode(), 400),
+        ("/v2/models/other/infer", json.dumps(good).encode(), 404),
+        ("/v2/models/ctr/infer", b"x" * (9 << 20), 413),
+        ("/v2/nowhere", b"{}", 404),
+    ]
+    for path, body, status in cases:
+        code, payload = _post(path, body)
+        assert code == status, (path, payload)
+        assert set(payload) == {"error"} and payload["error"], payload
+        code, payload = _post("/v2/models/ctr/infer", json.dumps(good).encode())
+        assert code == 200 and len(payload["outputs"][0]["data"]) == 2
+
+
+def _ranker_batching() -> dict[str, Any]:
+    import ray
+    from ray import serve
+
+    ray.init(address="auto", namespace="serve", log_to_driver=False, ignore_reinit_error=True)
+    try:
+        handle = serve.get_deployment_handle("Ranker", app_name="jizhi")
+        result: dict[str, Any] = handle.batching.remote().result(timeout_s=30)
+        return result
+    finally:
+        ray.shutdown()
+
+
+def test_config_change_applies_in_place_on_the_same_replicas(served: Path) -> None:
+    before = _ranker_batching()
+    assert before["max_batch_size"] == 8
+    spec = str(ROOT / "examples" / "ctr.yaml")
+    changed = [*SMALL, "--set", "ranker.max_batch_size=4", "--set", "ranker.batch_wait_timeout_s=0.002",
+               "--set", "features.cutoff_rank=1000"]  # fmt: skip
+    assert main(["serve", spec, "--model", str(served), *changed]) == 0
+    deadline = time.monotonic() + 60
+    after = _ranker_batching()
+    while after["max_batch_size"] != 4 and time.monotonic() < deadline:
+        time.sleep(0.5)
+        after = _ranker_batching()
+    assert after == {"max_batch_size": 4, "batch_wait_timeout_s": 0.002, "pid": before["pid"]}
+    # the cut-off is live too: scores now equal the model's with long-tail keys zeroed
+    artifact = read_artifact(served)
+    ids, dense = _rows(served, 6, seed=3)
+    keep = artifact.popularity_rank()[ids] < 1000
+    expected = artifact.ranker().predict(ids, dense, keep=keep)
+    np.testing.assert_allclose(_infer(ids, dense, binary=True), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_metrics_are_exported_with_the_documented_names(served: Path) -> None:
+    from serving.metrics import NAMES
+
+    ids, dense = _rows(served, 4, seed=4)
+    _infer(ids, dense, binary=False)
+    deadline = time.monotonic() + 30
+    missing: set[str] = set(NAMES)
+    while missing and time.monotonic() < deadline:
+        text = (
+            urllib.request.urlopen(f"http://127.0.0.1:{cluster.METRICS_PORT}/metrics", timeout=10)
+            .read()
+            .decode()
+        )
+        missing = {name for name in NAMES if not any(
+            line.startswith(name) for line in text.splitlines())}  # fmt: skip
+        time.sleep(1)
+    # keys_cut appears once a cut-off is live (the previous test sets one)
+    assert missing <= {"ray_jizhi_keys_cut_total"}, missing
+    assert "ray_serve_num_http_requests_total" in text
