@@ -108,6 +108,18 @@ class Features:
     def reconfigure(self, config: dict[str, Any]) -> None:
         self._lookup.reconfigure(config)
 
+    def describe(self) -> dict[str, Any]:
+        """The live cache and cut-off settings and this replica's process id."""
+        import os
+
+        lookup = self._lookup.lookup
+        return {
+            "cache_policy": lookup.cache.policy.value,
+            "cache_capacity": lookup.cache.capacity,
+            "cutoff_rank": lookup.cutoff_rank,
+            "pid": os.getpid(),
+        }
+
     async def lookup(self, ids: np.ndarray) -> np.ndarray:
         started = time.perf_counter()
         vectors = self._lookup(ids)

@@ -54,12 +54,12 @@ def serve_config(
     model_dir: str,
     *,
     store: str | None = None,
-    features_in_ranker: bool = False,
     model_name: str = "ctr",
     port: int = HTTP_PORT,
 ) -> dict[str, Any]:
     """The Serve config (the YAML of `serve deploy`) for a spec whose stages carry the config."""
     ingress, features, ranker = serving_stages(spec)
+    features_in_ranker = bool(features.in_ranker)
     need = ranker.max_batch_size * ranker.max_concurrent_batches
     if ranker.max_ongoing_requests < need:
         raise InputError(

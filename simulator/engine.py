@@ -93,8 +93,14 @@ class _Stage:
     """Router + replicas of one deployment, with the counters its report needs."""
 
     def __init__(
-        self, sim: _Simulation, spec: StageSpec, position: int, rng: np.random.Generator
+        self,
+        sim: _Simulation,
+        spec: StageSpec,
+        position: int,
+        rng: np.random.Generator,
+        merged: StageSpec | None = None,
     ) -> None:
+        """`merged`: a features stage with `in_ranker` whose lookup runs inside this stage's batches."""
         self.sim = sim
         self.spec = spec
         self.name = spec.name
@@ -110,17 +116,22 @@ class _Stage:
         self.service: Sampler = make_sampler(variant.service if variant else spec.service, rngs[0])
         self.store: Sampler | None = None
         self.cutoff: int | None = None
-        if spec.kind is StageKind.FEATURES:
-            assert spec.store is not None and spec.cache_policy is not None
-            self.store = make_store_sampler(spec.store, rngs[1])
-            self.cutoff = spec.cutoff_rank
+        self.merged_service: Sampler | None = None
+        self.lookup_spec = spec if spec.kind is StageKind.FEATURES else merged
+        if self.lookup_spec is not None:
+            assert self.lookup_spec.store is not None
+            self.store = make_store_sampler(self.lookup_spec.store, rngs[1])
+            self.cutoff = self.lookup_spec.cutoff_rank
+        if merged is not None:
+            self.merged_service = make_sampler(merged.service, rngs[3])
         # Python's generator, seeded from the stage's stream: a draw costs ~50 ns in the hot path.
         self.uniform = random.Random(int(rngs[2].integers(2**63))).random
+        lookup = self.lookup_spec
         self.replicas = [
             _Replica(
                 i,
-                make_cache(spec.cache_policy, spec.cache_capacity or 0)
-                if spec.kind is StageKind.FEATURES and spec.cache_policy is not None
+                make_cache(lookup.cache_policy or "none", lookup.cache_capacity or 0)
+                if lookup is not None
                 else None,
             )
             for i in range(spec.replicas)
@@ -272,6 +283,8 @@ class _Stage:
             rows += req.rows
             req.started = now
         seconds = self.service(rows)
+        if self.merged_service is not None:
+            seconds += self.merged_service(rows)
         if self.store is not None:
             seconds += self._lookup(replica, batch)
         if self.trace is not None:
@@ -336,10 +349,11 @@ class _Stage:
         spec = self.spec
         slots = spec.replicas * spec.max_concurrent_batches
         cache = None
-        if spec.kind is StageKind.FEATURES:
+        if self.lookup_spec is not None:
             lookups = self.hits + self.misses
+            policy = self.lookup_spec.cache_policy
             cache = CacheStats(
-                policy=spec.cache_policy.value if spec.cache_policy else "none",
+                policy=policy.value if policy else "none",
                 capacity_per_replica=self.replicas[0].cache.capacity
                 if self.replicas[0].cache
                 else 0,
@@ -407,9 +421,14 @@ class _Simulation:
         self.proxy = make_sampler(spec.overhead.proxy, o1)
         self.hop = make_sampler(spec.overhead.hop, o2)
         self.response = make_sampler(spec.overhead.response, o3)
-        self.stages = [
-            _Stage(self, s, i, r) for i, (s, r) in enumerate(zip(spec.stages, stage_rngs, strict=True))
-        ]
+        self.stages: list[_Stage] = []
+        merged: StageSpec | None = None
+        for stage_spec, stage_rng in zip(spec.stages, stage_rngs, strict=True):
+            if stage_spec.in_ranker:
+                merged = stage_spec  # runs inside the next stage's batches: no deployment
+                continue
+            self.stages.append(_Stage(self, stage_spec, len(self.stages), stage_rng, merged))
+            merged = None
         for a, b in zip(self.stages, self.stages[1:], strict=False):
             a.next = b
         self.first = self.stages[0]
@@ -596,7 +615,12 @@ def simulate(
 def _report(sim: _Simulation, spec: PipelineSpec, wall_s: float) -> SimulationReport:
     assert sim.t_end is not None
     window = sim.t_end - sim.t_start
-    costs = [spec.replica_cost_per_hour(s, s.device) * s.replicas for s in spec.stages]
+    deployed = {st.name for st in sim.stages}
+    costs = [
+        spec.replica_cost_per_hour(s, s.device) * s.replicas
+        for s in spec.stages
+        if s.name in deployed
+    ]
     latency = LatencyStats.of(sim.e2e)
     shed_rate = sim.measured_shed / sim.requests
     slo = SloVerdict(

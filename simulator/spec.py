@@ -33,16 +33,15 @@ __all__ = [
     "Deterministic",
     "Device",
     "DeviceVariant",
-    "KnobRange",
-    "Objective",
-    "QualitySpec",
-    "TuningSpec",
     "Exponential",
+    "KnobRange",
     "Linear",
     "Lognormal",
+    "Objective",
     "OverheadSpec",
     "PipelineSpec",
     "Profile",
+    "QualitySpec",
     "RateSegment",
     "Resources",
     "ServiceTime",
@@ -52,6 +51,7 @@ __all__ = [
     "StageKnobs",
     "StageSpec",
     "StoreSpec",
+    "TuningSpec",
     "WorkloadSpec",
 ]
 
@@ -229,10 +229,11 @@ class StageKnobs(_Strict):
     cache_policy: CachePolicy | None = None
     cache_capacity: NonNegativeInt | None = None
     cutoff_rank: PositiveInt | None = None
+    in_ranker: bool | None = None
 
 
 KNOB_NAMES: tuple[str, ...] = tuple(StageKnobs.model_fields)
-FEATURE_KNOBS: tuple[str, ...] = ("cache_policy", "cache_capacity", "cutoff_rank")
+FEATURE_KNOBS: tuple[str, ...] = ("cache_policy", "cache_capacity", "cutoff_rank", "in_ranker")
 
 
 class StageSpec(StageKnobs):
@@ -251,7 +252,12 @@ class StageSpec(StageKnobs):
     def _feature_defaults(cls, data: Any) -> Any:
         """A features stage without cache knobs has an empty LRU cache and no cut-off."""
         if isinstance(data, dict) and data.get("kind") in (StageKind.FEATURES, "features"):
-            data = {"cache_policy": CachePolicy.LRU, "cache_capacity": 0, **data}
+            data = {
+                "cache_policy": CachePolicy.LRU,
+                "cache_capacity": 0,
+                "in_ranker": False,
+                **data,
+            }
         return data
 
     @model_validator(mode="after")
@@ -313,7 +319,7 @@ class KnobRange(_Strict):
     low: float | None = None
     high: float | None = None
     log: bool = False
-    choices: list[str | int | float] | None = None
+    choices: list[bool | str | int | float] | None = None
 
     @model_validator(mode="after")
     def _range_or_choices(self) -> KnobRange:
@@ -395,6 +401,12 @@ class PipelineSpec(_Strict):
             and self.workload.sparse_features_per_row == 0
         ):
             raise ValueError("a features stage needs workload.sparse_features_per_row > 0")
+        for stage, after in zip(self.stages, [*self.stages[1:], None], strict=True):
+            if stage.in_ranker and (after is None or after.kind is StageKind.FEATURES):
+                raise ValueError(
+                    f"stages.{stage.name}: in_ranker runs the lookup inside the next stage's "
+                    "batches, so a compute stage must follow it"
+                )
         for path, knob_range in self.tuning.knobs.items():
             self._check_tunable(path, knob_range)
         return self
@@ -410,13 +422,17 @@ class PipelineSpec(_Strict):
         stage = self.stage(stage_name)
         if knob in FEATURE_KNOBS and stage.kind is not StageKind.FEATURES:
             raise ValueError(f"tuning.knobs: '{path}': '{knob}' applies only to a features stage")
-        categorical = knob in ("device", "cache_policy")
+        categorical = knob in ("device", "cache_policy", "in_ranker")
         if categorical != (knob_range.choices is not None):
             kind = "choices: [...]" if categorical else "low/high"
             raise ValueError(f"tuning.knobs: '{path}' takes {kind}")
         if knob == "device" and "gpu" in (knob_range.choices or []) and stage.gpu is None:
             raise ValueError(f"tuning.knobs: '{path}' offers gpu but stage has no 'gpu' variant")
-        allowed = {"device": [d.value for d in Device], "cache_policy": [p.value for p in CachePolicy]}
+        allowed: dict[str, list[Any]] = {
+            "device": [d.value for d in Device],
+            "cache_policy": [p.value for p in CachePolicy],
+            "in_ranker": [False, True],
+        }
         for choice in knob_range.choices or []:
             if choice not in allowed.get(knob, []):
                 raise ValueError(

@@ -51,11 +51,6 @@ def _app_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model directory written by `jizhi train`")
     parser.add_argument("--store", help="parameter store: redis://… (default: the model's table)")
     parser.add_argument(
-        "--features-in-ranker",
-        action="store_true",
-        help="look features up inside the ranker on the whole batch (one hop less)",
-    )
-    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -79,9 +74,7 @@ def build_serve_config(args: argparse.Namespace) -> dict[str, Any]:
     spec = apply_config(spec, overrides)
     model = Path(args.model).resolve()
     read_artifact(model)  # a clear error now rather than replicas failing later
-    return serve_config(
-        spec, str(model), store=args.store, features_in_ranker=args.features_in_ranker
-    )
+    return serve_config(spec, str(model), store=args.store)
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -131,7 +124,7 @@ def run_store_load(args: argparse.Namespace) -> int:
 
     if not args.url.startswith(("redis://", "rediss://", "unix://")):
         raise InputError(f"store URL must be redis://host:port/db (got {args.url!r})")
-    artifact = read_artifact(args.model)
+    artifact = read_artifact(Path(args.model))
     rows = load_redis(artifact.file("embeddings"), args.url)
     print(f"loaded {rows} embedding rows into {args.url}")
     return 0

@@ -134,33 +134,42 @@ def test_bad_requests_get_4xx_with_error_and_the_next_request_succeeds(served: P
         assert code == 200 and len(payload["outputs"][0]["data"]) == 2
 
 
-def _ranker_batching() -> dict[str, Any]:
+def _describe(deployment: str, method: str) -> dict[str, Any]:
     import ray
     from ray import serve
 
     ray.init(address="auto", namespace="serve", log_to_driver=False, ignore_reinit_error=True)
     try:
-        handle = serve.get_deployment_handle("Ranker", app_name="jizhi")
-        result: dict[str, Any] = handle.batching.remote().result(timeout_s=30)
+        handle = serve.get_deployment_handle(deployment, app_name="jizhi")
+        result: dict[str, Any] = getattr(handle, method).remote().result(timeout_s=30)
         return result
     finally:
         ray.shutdown()
 
 
 def test_config_change_applies_in_place_on_the_same_replicas(served: Path) -> None:
-    before = _ranker_batching()
-    assert before["max_batch_size"] == 8
+    ranker_before = _describe("Ranker", "batching")
+    features_before = _describe("Features", "describe")
+    assert ranker_before["max_batch_size"] == 8
+    assert features_before["cache_capacity"] == 20000
     spec = str(ROOT / "examples" / "ctr.yaml")
     changed = [*SMALL, "--set", "ranker.max_batch_size=4", "--set", "ranker.batch_wait_timeout_s=0.002",
-               "--set", "features.cutoff_rank=1000"]  # fmt: skip
+               "--set", "features.cutoff_rank=1000", "--set", "features.cache_capacity=500"]  # fmt: skip
     assert main(["serve", spec, "--model", str(served), *changed]) == 0
     deadline = time.monotonic() + 60
-    after = _ranker_batching()
-    while after["max_batch_size"] != 4 and time.monotonic() < deadline:
+    ranker_after = _describe("Ranker", "batching")
+    while ranker_after["max_batch_size"] != 4 and time.monotonic() < deadline:
         time.sleep(0.5)
-        after = _ranker_batching()
-    assert after == {"max_batch_size": 4, "batch_wait_timeout_s": 0.002, "pid": before["pid"]}
-    # the cut-off is live too: scores now equal the model's with long-tail keys zeroed
+        ranker_after = _describe("Ranker", "batching")
+    assert ranker_after == {
+        "max_batch_size": 4,
+        "batch_wait_timeout_s": 0.002,
+        "pid": ranker_before["pid"],
+    }
+    assert _describe("Features", "describe") == {
+        "cache_policy": "lru", "cache_capacity": 500, "cutoff_rank": 1000, "pid": features_before["pid"],
+    }  # fmt: skip
+    # the cut-off is live: scores now equal the model's with long-tail keys zeroed
     artifact = read_artifact(served)
     ids, dense = _rows(served, 6, seed=3)
     keep = artifact.popularity_rank()[ids] < 1000
@@ -187,3 +196,22 @@ def test_metrics_are_exported_with_the_documented_names(served: Path) -> None:
     # keys_cut appears once a cut-off is live (the previous test sets one)
     assert missing <= {"ray_jizhi_keys_cut_total"}, missing
     assert "ray_serve_num_http_requests_total" in text
+
+
+def test_redis_store_gives_the_same_scores_as_the_memory_mapped_table(
+    served: Path, tmp_path: Path
+) -> None:
+    from .services import redis_server
+
+    ids, dense = _rows(served, 10, seed=5)
+    spec = str(ROOT / "examples" / "ctr.yaml")
+    assert main(["serve", spec, "--model", str(served), *SMALL]) == 0
+    from_table = _infer(ids, dense, binary=True)
+    with redis_server(tmp_path) as url:
+        assert main(["store", "load", str(served), url]) == 0
+        assert main(["serve", spec, "--model", str(served), "--store", url, *SMALL]) == 0
+        assert _describe("Features", "describe")["cache_capacity"] == 20000
+        np.testing.assert_array_equal(_infer(ids, dense, binary=True), from_table)
+        main(
+            ["serve", spec, "--model", str(served), *SMALL]
+        )  # back to the table before Redis stops

@@ -205,3 +205,12 @@ def test_cutoff_skips_keys_by_popularity_rank() -> None:
     # P(rank >= 1000) under Zipf(1.0) over 10^6 keys = 1 - H(1000)/H(10^6) ≈ 0.48
     assert cache.cut_fraction == pytest.approx(0.48, abs=0.01)
     assert cache.lookups <= cache.keys_requested - cache.keys_cut
+
+
+def test_features_in_ranker_removes_a_deployment_and_a_hop() -> None:
+    separate = simulate(example("ctr.yaml"), requests=4000, seed=6)
+    fused = simulate(example("ctr.yaml", "features.in_ranker=true"), requests=4000, seed=6)
+    assert [s.name for s in fused.stages] == ["ingress", "ranker"]
+    assert fused.cost_per_hour == pytest.approx(separate.cost_per_hour - 4 * 1.0 * 0.048)
+    cache = fused.stage("ranker").cache
+    assert cache is not None and cache.lookups > 0  # the ranker's replicas hold the caches
