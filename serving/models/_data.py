@@ -18,14 +18,20 @@ from numpy.typing import NDArray
 from serving.models._model import FeatureSchema
 from simulator.zipf import ZipfSampler, zipf_probabilities
 
-__all__ = ["ClickLogs", "DomainData", "GeneratorConfig", "generate_domains", "popularity_from_counts"]
+__all__ = [
+    "ClickLogs",
+    "DomainData",
+    "GeneratorConfig",
+    "generate_domains",
+    "popularity_from_counts",
+]
 
 _CHUNK_ROWS = 65_536
 
 
 @dataclass(frozen=True)
 class ClickLogs:
-    """Rows of a click log: global key ids [N, F] (int64), dense features [N, Dd], labels [N] (0/1)."""
+    """Rows of a click log: global key ids [N, F] int64, dense features [N, Dd], labels [N] 0/1."""
 
     ids: NDArray[np.int64]
     dense: NDArray[np.float32]
@@ -33,7 +39,11 @@ class ClickLogs:
 
     def __post_init__(self) -> None:
         rows = len(self.labels)
-        if self.ids.ndim != 2 or self.dense.ndim != 2 or not len(self.ids) == rows == len(self.dense):
+        if (
+            self.ids.ndim != 2
+            or self.dense.ndim != 2
+            or not len(self.ids) == rows == len(self.dense)
+        ):
             raise ValueError("ids [N, F], dense [N, Dd] and labels [N] must agree on N")
 
     def __len__(self) -> int:
@@ -121,7 +131,9 @@ def _click_parameters(
     return first, pair, dense_weight
 
 
-def _reshuffle(order: NDArray[np.int64], fraction: float, rng: np.random.Generator) -> NDArray[np.int64]:
+def _reshuffle(
+    order: NDArray[np.int64], fraction: float, rng: np.random.Generator
+) -> NDArray[np.int64]:
     """`order` with a random `fraction` of its positions permuted among themselves."""
     out = order.copy()
     chosen = np.flatnonzero(rng.random(len(order)) < fraction)
@@ -137,7 +149,9 @@ def _domains(config: GeneratorConfig, rng: np.random.Generator) -> tuple[_Domain
         for f, order in enumerate(source_order)
     ]
     first, pair, dense_weight = _click_parameters(rng, schema.num_fields, latent, schema.num_dense)
-    new_first, new_pair, new_dense = _click_parameters(rng, schema.num_fields, latent, schema.num_dense)
+    new_first, new_pair, new_dense = _click_parameters(
+        rng, schema.num_fields, latent, schema.num_dense
+    )
     shift_direction = rng.normal(0.0, 1.0, size=schema.num_dense)
     shift_direction /= max(float(np.linalg.norm(shift_direction)), 1e-12)
     tau = config.click_shift
@@ -217,7 +231,9 @@ def generate_domains(config: GeneratorConfig) -> DomainData:
     """
     streams = [np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(5)]
     source, target = _domains(config, streams[0])
-    latent = streams[1].normal(size=(config.schema.vocab_size, config.latent_dim)).astype(np.float32)
+    latent = (
+        streams[1].normal(size=(config.schema.vocab_size, config.latent_dim)).astype(np.float32)
+    )
     return DomainData(
         schema=config.schema,
         source=_sample(config, source, latent, config.source_rows, streams[2]),

@@ -4,8 +4,10 @@ The two parts are separate modules on purpose: in serving, the tables live in a 
 the feature stage sends pooled per-field vectors to ranker replicas, which run only `DenseRanker`.
 """
 
-from __future__ import annotations
-
+# NOTE: no `from __future__ import annotations` in this module: TorchScript must evaluate the
+# class-level buffer annotations of DenseRanker, and cannot resolve them from strings.
+import copy
+import itertools
 import math
 import warnings
 from dataclasses import dataclass
@@ -44,14 +46,16 @@ class FeatureSchema:
 
     def __post_init__(self) -> None:
         if not self.field_vocab_sizes or min(self.field_vocab_sizes) < 1:
-            raise ValueError(f"every sparse field needs a vocabulary >= 1: {self.field_vocab_sizes}")
+            raise ValueError(
+                f"every sparse field needs a vocabulary >= 1: {self.field_vocab_sizes}"
+            )
         if self.num_dense < 0:
             raise ValueError(f"num_dense must be >= 0 (got {self.num_dense})")
         if self.vocab_size >= 2**31:
             raise ValueError(f"total vocabulary {self.vocab_size} must be < 2**31")
 
     @classmethod
-    def split(cls, vocab_size: int, num_fields: int, num_dense: int) -> FeatureSchema:
+    def split(cls, vocab_size: int, num_fields: int, num_dense: int) -> "FeatureSchema":
         """`vocab_size` keys spread over `num_fields` fields as evenly as possible."""
         if num_fields < 1 or vocab_size < num_fields:
             raise ValueError(f"need 1 <= num_fields <= vocab_size (got {num_fields}, {vocab_size})")
@@ -98,17 +102,28 @@ class ModelConfig:
 
 def _mlp(sizes: list[int], generator: torch.Generator) -> nn.Sequential:
     layers: list[nn.Module] = []
-    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
-        linear = nn.Linear(fan_in, fan_out)
+    for fan_in, fan_out in itertools.pairwise(sizes):
+        with warnings.catch_warnings():
+            # No dense features: Linear(0, n) is valid (its output is its bias) but torch warns.
+            warnings.filterwarnings("ignore", "Initializing zero-element tensors")
+            linear = nn.Linear(fan_in, fan_out)
         _init_linear(linear, generator)
         layers += [linear, nn.ReLU()]
     return nn.Sequential(*layers)
 
 
 def _init_linear(linear: nn.Linear, generator: torch.Generator) -> None:
-    nn.init.kaiming_uniform_(linear.weight, a=math.sqrt(5), generator=generator)
+    """torch's default Linear init, drawn on the CPU from `generator` (whatever the layer's
+    device: a CPU generator cannot fill a CUDA tensor), then copied in."""
+    weight = torch.empty(linear.weight.shape)
+    if weight.numel():
+        nn.init.kaiming_uniform_(weight, a=math.sqrt(5), generator=generator)
     bound = 1.0 / math.sqrt(linear.in_features) if linear.in_features > 0 else 0.0
-    nn.init.uniform_(linear.bias, -bound, bound, generator=generator)
+    bias = torch.empty(linear.bias.shape)
+    nn.init.uniform_(bias, -bound, bound, generator=generator)
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        linear.bias.copy_(bias)
 
 
 class SparseTables(nn.Module):
@@ -143,8 +158,13 @@ class DenseRanker(nn.Module):
 
     Dense features are standardised with stored statistics, go through a bottom MLP into a D-vector,
     and pairwise dot products between it and the field vectors (DLRM-style) join the flat vectors
-    in a top MLP. `blocks()` lists the layers below the head in bottom-up order (for freezing).
+    in a top MLP.
     """
+
+    dense_mean: torch.Tensor
+    dense_std: torch.Tensor
+    pair_rows: torch.Tensor
+    pair_cols: torch.Tensor
 
     def __init__(self, config: ModelConfig, generator: torch.Generator) -> None:
         super().__init__()
@@ -173,8 +193,12 @@ class DenseRanker(nn.Module):
             hidden = block(hidden)
         return self.head(hidden).squeeze(-1)
 
-    def reset_head(self, generator: torch.Generator) -> None:
+    def reset_head(self, generator: torch.Generator, base_rate: float) -> None:
+        """New head weights; the bias starts at the log-odds of the click rate `base_rate`."""
         _init_linear(self.head, generator)
+        rate = min(max(base_rate, 1e-4), 1 - 1e-4)
+        with torch.no_grad():
+            self.head.bias.fill_(math.log(rate / (1 - rate)))
 
     def set_dense_statistics(self, dense: NDArray[np.float32]) -> None:
         """Standardise with the mean and std of these rows (std floored to avoid division by 0)."""
@@ -263,10 +287,11 @@ class _ClickProbability(nn.Module):
 
 
 def export_dense_torchscript(dense: DenseRanker, path: Path) -> None:
-    """Save the dense part as TorchScript: forward(pooled [B,F,D], dense [B,Dd]) → probabilities [B]."""
-    module = _ClickProbability(dense).to("cpu").eval()
+    """Save the dense part as TorchScript: (pooled [B,F,D], dense [B,Dd]) → probabilities [B]."""
+    module = _ClickProbability(copy.deepcopy(dense)).to("cpu").eval()
+    module.requires_grad_(False)  # replicas only run inference: no autograd graph per call
     with warnings.catch_warnings():
-        # torch 2.9+ marks TorchScript deprecated; it is still the format replicas load without Python code.
+        # torch marks TorchScript deprecated; it is still what replicas load without our code.
         warnings.simplefilter("ignore", DeprecationWarning)
         scripted = torch.jit.script(module)
     scripted.save(str(path))

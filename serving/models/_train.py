@@ -1,4 +1,4 @@
-"""Training and evaluation: one loop for pre-training, fine-tuning, probing and training from scratch.
+"""Training and evaluation: one loop for pre-training, fine-tuning, probing and scratch training.
 
 Embedding rows get sparse gradients and `SparseAdam` (only the rows a batch touched move), the
 tower gets `Adam`. Validation log-loss is checked a few times per run and the best weights are
@@ -27,20 +27,34 @@ __all__ = ["FitResult", "Metrics", "TrainSettings", "evaluate", "fit"]
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Optimisation settings; steps = clip(epochs × rows / batch, min_steps, max_steps)."""
+    """Optimisation settings.
+
+    A batch is `batch_rows`, or an eighth of the training rows when that is smaller (at least
+    `min_batch_rows`); a run is clip(epochs × rows / batch, min_steps, max_steps) steps. Validation
+    runs `evals` times per run but at least every half epoch, and `patience` checks without
+    improvement stop the run.
+    """
 
     batch_rows: int = 512
+    min_batch_rows: int = 32
     lr_dense: float = 1e-3
-    lr_sparse: float = 1e-2
+    lr_sparse: float = 1e-3
     epochs: float = 4.0
     min_steps: int = 150
     max_steps: int = 20_000
     evals: int = 8
     patience: int = 3
 
+    def batch_for(self, rows: int) -> int:
+        return max(1, min(rows, self.batch_rows, max(self.min_batch_rows, rows // 8)))
+
     def steps_for(self, rows: int) -> int:
-        steps = math.ceil(self.epochs * rows / min(self.batch_rows, rows))
+        steps = math.ceil(self.epochs * rows / self.batch_for(rows))
         return max(self.min_steps, min(self.max_steps, steps))
+
+    def eval_every(self, rows: int, steps: int) -> int:
+        half_epoch = max(1, rows // (2 * self.batch_for(rows)))
+        return max(1, min(half_epoch, math.ceil(steps / max(self.evals, 1))))
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,32 @@ class _Anchor:
     sparse_strength: float
 
 
+class _Best:
+    """The best-on-validation weights so far (only the trainable ones are copied)."""
+
+    def __init__(self, model: RankerModel, metrics: Metrics) -> None:
+        self.metrics, self.step, self.stale = metrics, 0, 0
+        self.state = self._snapshot(model)
+
+    @staticmethod
+    def _snapshot(model: RankerModel) -> dict[str, Tensor]:
+        return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def offer(self, model: RankerModel, metrics: Metrics, step: int) -> bool:
+        if metrics.logloss < self.metrics.logloss:
+            self.metrics, self.step, self.stale = metrics, step, 0
+            self.state = self._snapshot(model)
+            return True
+        self.stale += 1
+        return False
+
+    def restore(self, model: RankerModel) -> None:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if name in self.state:
+                    param.copy_(self.state[name])
+
+
 def _metrics(labels: NDArray[np.float32], logits: NDArray[np.float64]) -> Metrics:
     # log(1 + exp(-|x|)) + max(x, 0) - x*y is the numerically stable binary cross-entropy.
     loss = np.logaddexp(0.0, -np.abs(logits)) + np.maximum(logits, 0.0) - logits * labels
@@ -75,7 +115,7 @@ def _metrics(labels: NDArray[np.float32], logits: NDArray[np.float64]) -> Metric
 
 
 def evaluate(model: RankerModel, logs: ClickLogs, keep: NDArray[np.bool_] | None = None) -> Metrics:
-    """AUC and mean log-loss of `model` on `logs` (`keep` drops keys, as the serving cut-off does)."""
+    """AUC and mean log-loss of `model` on `logs` (`keep` drops keys like the serving cut-off)."""
     return _metrics(logs.labels, model.logits(logs.ids, logs.dense, keep))
 
 
@@ -108,7 +148,7 @@ def fit(
     progress: bool = False,
     description: str = "train",
 ) -> FitResult:
-    """Train the parameters of `model` that require grad; leave the best-on-validation weights in it.
+    """Train the parameters of `model` that require grad; leave the best validation weights in it.
 
     `anchor=(pretrained, dense_strength, sparse_strength)` adds the L2-SP penalty. The batch order
     comes from `seed` alone, so runs that share a seed see the same batches.
@@ -116,8 +156,8 @@ def fit(
     started = time.perf_counter()
     device = model.sparse.table.weight.device
     total_steps = settings.steps_for(len(train)) if steps is None else steps
-    batch = min(settings.batch_rows, len(train))
-    eval_every = max(1, math.ceil(total_steps / max(settings.evals, 1)))
+    batch = settings.batch_for(len(train))
+    eval_every = settings.eval_every(len(train), total_steps)
     ids = torch.as_tensor(train.ids, device=device)
     dense = torch.as_tensor(train.dense, device=device)
     labels = torch.as_tensor(train.labels, device=device)
@@ -134,9 +174,8 @@ def fit(
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(train))
     cursor = 0
-    best_loss, best_step, best_val = math.inf, 0, Metrics(float("nan"), math.inf)
-    best_state: dict[str, Tensor] = {}
-    stale = 0
+    # The starting weights are a candidate too: adapting may not beat the pre-trained model.
+    best = _Best(model, evaluate(model, val))
     model.train()
     step = 0
     with tqdm(total=total_steps, desc=description, disable=not progress, leave=False) as bar:
@@ -151,9 +190,9 @@ def fit(
             )
             if l2sp is not None:
                 loss = loss + _penalty(model, l2sp, batch_ids)
-            for optimizer in optimizers:
-                optimizer.zero_grad(set_to_none=True)
             if optimizers:
+                for optimizer in optimizers:
+                    optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 for optimizer in optimizers:
                     optimizer.step()
@@ -162,19 +201,7 @@ def fit(
                 continue
             val_metrics = evaluate(model, val)
             bar.set_postfix(val_logloss=f"{val_metrics.logloss:.4f}", refresh=False)
-            if val_metrics.logloss < best_loss:
-                best_loss, best_step, best_val, stale = val_metrics.logloss, step, val_metrics, 0
-                best_state = {
-                    name: p.detach().clone()
-                    for name, p in model.named_parameters()
-                    if p.requires_grad
-                }
-            else:
-                stale += 1
-                if stale >= settings.patience:
-                    break
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name in best_state:
-                param.copy_(best_state[name])
-    return FitResult(step, best_step, best_val, time.perf_counter() - started)
+            if not best.offer(model, val_metrics, step) and best.stale >= settings.patience:
+                break
+    best.restore(model)
+    return FitResult(step, best.step, best.metrics, time.perf_counter() - started)
