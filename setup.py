@@ -9,7 +9,10 @@ setup(
     ext_modules=cythonize(
         [
             Extension(
-                "simulator._cache", ["simulator/_cache.pyx"], language="c++", extra_compile_args=_FLAGS
+                "simulator._cache",
+                ["simulator/_cache.pyx"],
+                language="c++",
+                extra_compile_args=_FLAGS,
             ),
             Extension("simulator._zipf", ["simulator/_zipf.pyx"], extra_compile_args=_FLAGS),
         ],
