@@ -22,7 +22,7 @@ services:
 	./scripts/install-services.sh
 
 run: install
-	$(BIN)/jizhi simulate examples/ctr.yaml
+	$(BIN)/jizhi tune examples/ctr.yaml --trials 30 --out runs/tune
 
 lint: install
 	$(BIN)/ruff check .

@@ -16,10 +16,9 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
+from autotune.objective import QualityModel, TrialMetrics, metrics_of
 from simulator import PipelineSpec, ServingConfig, apply_config, simulate
 from simulator.spec import Objective
-
-from autotune.objective import QualityModel, TrialMetrics, metrics_of
 
 __all__ = ["EvalTask", "Evaluator", "Outcome", "SimulatorEvaluator", "evaluate_task"]
 

@@ -6,7 +6,10 @@ trial scores `worst_feasible × (1 + violation)`, where `violation` is the sum o
 relative excess. So every infeasible trial ranks below every feasible one, yet nearer misses score
 better than far ones, and the Gaussian process sees a surface that slopes toward the feasible
 region instead of a cliff (a constant penalty would flatten it, a huge one would wreck its scale).
-The optimiser models log(value) for `min_cost` and `min_p99`, whose values span orders of magnitude.
+The optimiser models log(value) for `min_p99`, whose values span orders of magnitude. For
+`min_cost` the cost needs no model at all (replicas × prices), so its engine learns feasibility
+instead, from `constraint_margin` (see `autotune.constrained`): the penalised value's cliff sits
+right at the cheapest feasible configs, which is where the search has to look.
 """
 
 from __future__ import annotations
@@ -24,7 +27,14 @@ from simulator.errors import InputError
 from simulator.spec import Device, Objective
 from simulator.zipf import zipf_probabilities
 
-__all__ = ["QualityModel", "TrialMetrics", "cost_ceiling", "metrics_of", "objective_value"]
+__all__ = [
+    "QualityModel",
+    "TrialMetrics",
+    "constraint_margin",
+    "cost_ceiling",
+    "metrics_of",
+    "objective_value",
+]
 
 
 @dataclass(frozen=True)
@@ -101,7 +111,9 @@ def cost_ceiling(spec: PipelineSpec) -> float:
     return max(total, 1e-9)
 
 
-def metrics_of(report: SimulationReport, quality: QualityModel, cutoff_rank: int | None) -> TrialMetrics:
+def metrics_of(
+    report: SimulationReport, quality: QualityModel, cutoff_rank: int | None
+) -> TrialMetrics:
     cache = next((s.cache for s in report.stages if s.cache is not None), None)
     return TrialMetrics(
         p50_s=report.latency.p50_s,
@@ -136,6 +148,36 @@ def violation(spec: PipelineSpec, m: TrialMetrics) -> float:
         assert tuning.max_cost_per_hour is not None
         v += max(0.0, m.cost_per_hour / tuning.max_cost_per_hour - 1.0)
     return v
+
+
+MARGIN_FAILED = 8.0  # the margin of a trial that completed nothing or raised (p99 ≈ 3000 × SLO)
+
+
+def constraint_margin(spec: PipelineSpec, m: TrialMetrics) -> float:
+    """How far a trial is from the constraints' edge, in log units: the largest of log(p99 /
+    SLO), log of shed rate and quality loss over their limits, and log(cost / budget) where the
+    objective has one. ≤ 0 exactly when `violation` is 0; what a feasibility model learns."""
+    tuning, slo = spec.tuning, spec.slo
+    if m.completed == 0:
+        return MARGIN_FAILED
+    parts = [_log_ratio(m.shed_rate, slo.max_shed_rate, 1e-4)]
+    parts.append(_log_ratio(m.quality_loss, tuning.quality.max_loss, 1e-6))
+    if tuning.objective is not Objective.MAX_RATE:
+        parts.append(math.log(max(m.p99_s, 1e-9) / slo.p99_s))
+    elif not m.sustainable_rps:
+        parts.append(1.0)
+    if tuning.objective is not Objective.MIN_COST:
+        assert tuning.max_cost_per_hour is not None
+        parts.append(math.log(max(m.cost_per_hour, 1e-9) / tuning.max_cost_per_hour))
+    return max(parts)
+
+
+def _log_ratio(value: float, limit: float, floor: float) -> float:
+    """log((value + floor) / (limit + floor)): ≤ 0 exactly when value ≤ limit; a zero limit
+    makes any excess at least log(2)."""
+    if limit <= 0.0:
+        return -MARGIN_FAILED if value <= 0.0 else max(math.log(value / floor), math.log(2.0))
+    return math.log((value + floor) / (limit + floor))
 
 
 def objective_value(spec: PipelineSpec, m: TrialMetrics, ceiling: float) -> tuple[float, bool]:

@@ -6,9 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from simulator import PipelineSpec
-
 from autotune.evaluate import EvalTask, Outcome, evaluate_task
+from simulator import PipelineSpec
 
 __all__ = ["RayTrials"]
 

@@ -15,12 +15,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import IO, Any
 
-from simulator import PipelineSpec, ServingConfig
-from simulator.errors import InputError
-
 from autotune.objective import TrialMetrics
 from autotune.space import SearchSpace
 from autotune.tuner import Trial
+from simulator import PipelineSpec, ServingConfig
+from simulator.errors import InputError
 
 __all__ = ["TrialLog", "fingerprint", "read_trials"]
 

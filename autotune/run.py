@@ -12,15 +12,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from simulator import PipelineSpec
-from simulator.errors import InputError
-
+from autotune.constrained import ConstrainedCostEngine
 from autotune.evaluate import EvalTask, Evaluator, SimulatorEvaluator
 from autotune.record import TrialLog, read_trials
 from autotune.space import SearchSpace
-from autotune.tuner import GaussianProcessEngine, Proposal, Trial, Tuner
+from autotune.tuner import GaussianProcessEngine, Proposal, SearchEngine, Trial, Tuner
+from simulator import PipelineSpec
+from simulator.errors import InputError
+from simulator.spec import Objective
 
-__all__ = ["Progress", "TuneResult", "run_strategy", "tune"]
+__all__ = ["Progress", "TuneResult", "initial_design", "make_engine", "run_strategy", "tune"]
 
 RERUN_CANDIDATES = 3
 RERUN_SEEDS = 3
@@ -39,6 +40,22 @@ class TuneResult:
     baselines: dict[str, list[Trial]] = field(default_factory=dict)
 
 
+def initial_design(trials: int) -> int:
+    """Points of the GP's space-filling initial design for a budget of `trials`."""
+    return max(5, min(10, trials // 4))
+
+
+def make_engine(
+    space: SearchSpace, seed: int, trials: int, initial_points: int | None = None
+) -> SearchEngine:
+    """The BO engine `tune` uses: for `min_cost`, a GP on feasibility with the (known) cost
+    (`ConstrainedCostEngine`); otherwise scikit-optimize's GP on the penalised objective."""
+    points = initial_points or initial_design(trials)
+    if space.spec.tuning.objective is Objective.MIN_COST:
+        return ConstrainedCostEngine(space, seed, initial_points=points)
+    return GaussianProcessEngine(space, seed, initial_points=points)
+
+
 def run_strategy(
     tuner: Tuner,
     evaluator: Evaluator,
@@ -51,6 +68,8 @@ def run_strategy(
     """Ask/evaluate/tell until the tuner holds `budget` trials; returns the tuner's trials."""
     while len(tuner.trials) < budget:
         proposals = tuner.ask(min(batch, budget - len(tuner.trials)))
+        if not proposals:  # the engine has nothing left to propose (a finished sweep or climb)
+            break
         by_key: dict[int, Proposal] = {p.trial: p for p in proposals}
         tasks = [EvalTask(p.trial, p.config, seed) for p in proposals]
         for outcome in evaluator.evaluate(tasks):
@@ -132,9 +151,7 @@ def tune(
     journal = out_dir / "trials.jsonl"
     earlier = read_trials(journal, spec, space) if resume and journal.exists() else []
     log = TrialLog(journal, spec, space, resume=resume)
-    engine = GaussianProcessEngine(
-        space, seed, initial_points=initial_points or max(5, min(10, trials // 4))
-    )
+    engine = make_engine(space, seed, trials, initial_points)
     tuner = Tuner(spec, engine, space)
     tuner.warm_start([t for t in earlier if t.strategy == "bo"])
     own_evaluator = evaluator is None

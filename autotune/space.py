@@ -98,18 +98,19 @@ class SearchSpace:
             if dim.headroom is not None:
                 headrooms.append((dim, float(value)))
             elif dim.kind is DimensionKind.INTEGER:
-                knobs[dim.stage][dim.knob] = int(round(value))
+                knobs[dim.stage][dim.knob] = round(value)
             elif dim.kind is DimensionKind.REAL:
                 knobs[dim.stage][dim.knob] = float(value)
             else:
                 knobs[dim.stage][dim.knob] = value
-        for stage_knobs in knobs.values():
-            need = stage_knobs["max_batch_size"] * stage_knobs["max_concurrent_batches"]
-            stage_knobs["max_ongoing_requests"] = max(stage_knobs["max_ongoing_requests"], need)
+        for values in knobs.values():
+            need = values["max_batch_size"] * values["max_concurrent_batches"]
+            values["max_ongoing_requests"] = max(values["max_ongoing_requests"], need)
         for dim, u in headrooms:
-            stage_knobs = knobs[dim.stage]
-            need = stage_knobs["max_batch_size"] * stage_knobs["max_concurrent_batches"]
-            stage_knobs["max_ongoing_requests"] = _place(dim.headroom, need, u)
+            assert dim.headroom is not None
+            values = knobs[dim.stage]
+            need = values["max_batch_size"] * values["max_concurrent_batches"]
+            values["max_ongoing_requests"] = _place(dim.headroom, need, u)
         return ServingConfig(stages={name: StageKnobs(**k) for name, k in knobs.items()})
 
     def encode(self, config: ServingConfig) -> list[Any]:
@@ -125,7 +126,10 @@ class SearchSpace:
             elif dim.kind is DimensionKind.CATEGORICAL:
                 point.append(value.value if isinstance(value, Enum) else value)
             else:
-                point.append(min(max(value, dim.low), dim.high))
+                if value is None:  # no cut-off is the largest rank; no cache the smallest
+                    value = dim.high if dim.knob == "cutoff_rank" else dim.low
+                value = min(max(value, dim.low), dim.high)
+                point.append(round(value) if dim.kind is DimensionKind.INTEGER else value)
         return point
 
     def sample_point(self, rng: Any) -> list[Any]:
@@ -140,7 +144,7 @@ class SearchSpace:
             else:
                 value = rng.uniform(dim.low, dim.high)
             if dim.kind is DimensionKind.INTEGER:
-                value = min(max(int(round(value)), int(dim.low)), int(dim.high))
+                value = min(max(round(value), int(dim.low)), int(dim.high))
             point.append(value)
         return point
 
@@ -165,7 +169,7 @@ def _place(knob_range: KnobRange, need: int, u: float) -> int:
     lo, hi = _bounds(knob_range, need)
     u = min(max(u, 0.0), 1.0)
     value = lo * (hi / lo) ** u if knob_range.log else lo + (hi - lo) * u
-    return max(int(round(value)), need)
+    return max(round(value), need)
 
 
 def _headroom_of(knob_range: KnobRange, need: int, value: int) -> float:

@@ -20,16 +20,24 @@ from __future__ import annotations
 
 import math
 import random
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from simulator import PipelineSpec, ServingConfig
-from simulator.spec import Objective
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from autotune.evaluate import Outcome
-from autotune.objective import TrialMetrics, cost_ceiling, objective_value
+from autotune.objective import (
+    MARGIN_FAILED,
+    TrialMetrics,
+    constraint_margin,
+    cost_ceiling,
+    objective_value,
+)
 from autotune.space import DimensionKind, SearchSpace
+from simulator import PipelineSpec, ServingConfig
+from simulator.spec import Objective
 
 __all__ = [
     "GaussianProcessEngine",
@@ -73,14 +81,28 @@ class GaussianProcessEngine:
             initial_point_generator="lhs",
             random_state=seed,
         )
+        self._pending: tuple[list[list[Any]], list[float]] = ([], [])
 
     def ask(self, n: int) -> list[list[Any]]:
-        points = [self._optimizer.ask()] if n == 1 else self._optimizer.ask(n_points=n)
+        # NOTE: BLAS limited to one thread: the GP's matrices are tiny, and multithreaded OpenBLAS
+        # spinning on a busy machine made each fit 20-40x slower (21 s instead of 0.6 s).
+        with threadpool_limits(limits=1, user_api="blas"), warnings.catch_warnings():
+            # skopt warns when it re-proposes a point and substitutes a random one: expected.
+            warnings.filterwarnings("ignore", "The objective has been evaluated", UserWarning)
+            self._flush()
+            points = [self._optimizer.ask()] if n == 1 else self._optimizer.ask(n_points=n)
         return [[_native(v) for v in p] for p in points]
 
     def tell(self, points: Sequence[Sequence[Any]], values: Sequence[float]) -> None:
-        if points:
-            self._optimizer.tell([list(p) for p in points], list(values))
+        """Remember outcomes; the GP is refitted once, at the next `ask` (one fit per batch)."""
+        self._pending[0].extend(list(p) for p in points)
+        self._pending[1].extend(values)
+
+    def _flush(self) -> None:
+        xs, ys = self._pending
+        if xs:
+            self._optimizer.tell(xs, ys)
+            self._pending = ([], [])
 
 
 def _native(value: Any) -> Any:
@@ -171,7 +193,7 @@ class Tuner:
             wall_s=outcome.wall_s,
         )
         self.trials.append(trial)
-        self.engine.tell([list(proposal.point)], [self.engine_value(value)])
+        self.engine.tell([list(proposal.point)], [self._target(trial)])
         return trial
 
     def warm_start(self, trials: Sequence[Trial]) -> None:
@@ -180,7 +202,16 @@ class Tuner:
             return
         self.trials.extend(trials)
         self._next = max(self._next, max(t.trial for t in trials) + 1)
-        self.engine.tell([list(t.point) for t in trials], [self.engine_value(t.value) for t in trials])
+        self.engine.tell([list(t.point) for t in trials], [self._target(t) for t in trials])
+
+    def _target(self, trial: Trial) -> float:
+        """What the engine learns from a trial: its value, or (an engine that models
+        feasibility, `models = "margin"`) its constraint margin."""
+        if getattr(self.engine, "models", "value") == "margin":
+            if trial.metrics is None:
+                return MARGIN_FAILED
+            return constraint_margin(self.spec, trial.metrics)
+        return self.engine_value(trial.value)
 
     def engine_value(self, value: float) -> float:
         """What the engine models: log of cost or p99 (they span orders of magnitude)."""

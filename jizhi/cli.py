@@ -12,13 +12,13 @@ import sys
 from collections.abc import Sequence
 
 from jizhi import __version__
-from simulator.errors import InputError
+from simulator.errors import InputError, ServiceError
 
 __all__ = ["main"]
 
 # Subcommand modules under jizhi.commands, in the order `jizhi --help` lists them. Each module keeps
 # its heavy imports (torch, ray) inside its run function so that `jizhi simulate` starts fast.
-_COMMANDS = ("simulate",)
+_COMMANDS = ("simulate", "tune", "whatif", "train", "profile", "serve", "load")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"jizhi {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except ServiceError as exc:
+        print(f"jizhi {args.command}: failed: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"jizhi {args.command}: interrupted", file=sys.stderr)
         return 130

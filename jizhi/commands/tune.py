@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from jizhi.commands.simulate import _positive_int
 
@@ -92,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
                 seed=args.seed,
                 ray_address=args.ray,
                 progress=progress,
+                resume=args.resume,
             )
     finally:
         close()
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 def _progress() -> tuple[Progress, Callable[[], None]]:
     from tqdm import tqdm
 
-    bars: dict[str, tqdm] = {}  # type: ignore[type-arg]
+    bars: dict[str, tqdm[Any]] = {}
 
     def update(strategy: str, done: int, planned: int, best: float | None) -> None:
         bar = bars.get(strategy)
@@ -130,6 +131,7 @@ def _progress() -> tuple[Progress, Callable[[], None]]:
 def summary(result: TuneResult) -> str:
     """The end-of-run table: the winner's knobs and predictions, and its savings."""
     from autotune.baselines import ray_defaults_trial
+    from autotune.report import compare
 
     spec = result.spec
     if result.winner is None:
@@ -149,12 +151,13 @@ def summary(result: TuneResult) -> str:
     lines.append(
         f"predicted: p50 {p50 * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms (SLO {spec.slo.p99_s * 1e3:.0f} ms), "
         f"throughput {m.throughput_rps:.0f} req/s, cost ${m.cost_per_hour:.3f}/h"
+        + (f", sustains {m.sustainable_rps:.0f} req/s at the SLO" if m.sustainable_rps else "")
     )
-    defaults = result.baselines.get("ray-defaults") or [ray_defaults_trial(spec)]
+    seed = result.trials[0].seed if result.trials else None
+    defaults = result.baselines.get("ray-defaults") or [ray_defaults_trial(spec, seed)]
     ref = defaults[0]
     if ref.feasible and ref.metrics is not None:
-        saving = 1 - m.cost_per_hour / ref.metrics.cost_per_hour
-        lines.append(f"vs Ray Serve defaults (${ref.metrics.cost_per_hour:.3f}/h): {saving:+.1%} cost")
+        lines.append(f"vs Ray Serve defaults: {compare(spec, m, ref.metrics)}")
     elif ref.metrics is not None:
         lines.append(
             f"Ray Serve defaults miss the SLO (p99 {ref.metrics.p99_s * 1e3:.1f} ms, "
@@ -162,17 +165,20 @@ def summary(result: TuneResult) -> str:
         )
     best_baseline = min(
         (
-            (t.value, name)
+            (t.value, name, t.metrics)
             for name, ts in result.baselines.items()
             if name != "ray-defaults"
             for t in ts
-            if t.feasible
+            if t.feasible and t.metrics is not None
         ),
         default=None,
+        key=lambda item: item[0],
     )
     if best_baseline is not None:
-        value, name = best_baseline
-        lines.append(f"vs best baseline ({name}, {value:.4g}): {1 - winner.value / value:+.1%}")
+        _, name, metrics = best_baseline
+        lines.append(f"vs best baseline ({name}): {compare(spec, m, metrics)}")
+    elif result.baselines:
+        lines.append("no baseline found a config that holds the constraints")
     return "\n".join(lines)
 
 
