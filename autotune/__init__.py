@@ -6,6 +6,7 @@
 ['ingress.replicas', 'features.replicas']
 """
 
+from autotune.constrained import ConstrainedCostEngine
 from autotune.evaluate import EvalTask, Evaluator, Outcome, SimulatorEvaluator, evaluate_task
 from autotune.objective import TrialMetrics
 from autotune.run import TuneResult, tune
@@ -13,6 +14,7 @@ from autotune.space import SearchSpace
 from autotune.tuner import GaussianProcessEngine, Proposal, RandomEngine, Trial, Tuner
 
 __all__ = [
+    "ConstrainedCostEngine",
     "EvalTask",
     "Evaluator",
     "GaussianProcessEngine",

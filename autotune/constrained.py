@@ -45,8 +45,11 @@ class ConstrainedCostEngine:
 
     models = "margin"  # what `Tuner` tells it: `objective.constraint_margin`, not the value
 
-    def __init__(self, space: SearchSpace, seed: int, initial_points: int = 10) -> None:
+    def __init__(
+        self, space: SearchSpace, seed: int, initial_points: int = 10, candidates: int = CANDIDATES
+    ) -> None:
         self.space = space
+        self._n_candidates = candidates
         self._rng = np.random.default_rng(seed)
         self._seed = seed
         self._prices = _price_table(space)
@@ -122,6 +125,8 @@ class ConstrainedCostEngine:
         candidates = self._candidates()
         ok = self._quality_ok(candidates)
         candidates = [c for c, keep in zip(candidates, ok, strict=True) if keep]
+        if not candidates:  # no candidate keeps the quality budget: keep sampling
+            return [self.space.sample_point(_Random(self._rng)) for _ in range(n)]
         cost = self.cost(candidates)
         x_cand = self._unit(candidates)
         seen = {_key(p) for p in self._x + pending}
@@ -145,6 +150,8 @@ class ConstrainedCostEngine:
             pick = candidates[int(index)]
             picks.append(pick)
             seen.add(_key(pick))
+            if len(picks) == n:
+                break
             # Kriging believer: pretend the pick came back at its predicted margin.
             x_data = np.vstack([x_data, x_cand[index]])
             m_data = np.append(m_data, mean[index])
@@ -166,7 +173,7 @@ class ConstrainedCostEngine:
 
     def _candidates(self) -> list[list[Any]]:
         rng = _Random(self._rng)
-        out = [self.space.sample_point(rng) for _ in range(CANDIDATES)]
+        out = [self.space.sample_point(rng) for _ in range(self._n_candidates)]
         order = np.argsort(self._anchor_scores())
         for i in order[:NEIGHBOURHOOD_OF]:
             out += self._neighbours(self._x[int(i)])

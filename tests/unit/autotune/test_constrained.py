@@ -54,9 +54,9 @@ def _margin(space: SearchSpace, point: list[Any]) -> float:
 def test_it_finds_the_cheapest_feasible_config_of_a_synthetic_problem() -> None:
     spec = tiny()
     space = SearchSpace(spec)
-    engine = ConstrainedCostEngine(space, seed=3, initial_points=5)
+    engine = ConstrainedCostEngine(space, seed=3, initial_points=5, candidates=500)
     best = math.inf
-    for _ in range(25):
+    for _ in range(20):
         point = engine.ask(1)[0]
         margin = _margin(space, point)
         engine.tell([point], [margin])
@@ -69,9 +69,9 @@ def test_same_seed_same_proposals() -> None:
     space = SearchSpace(tiny())
 
     def run(seed: int) -> list[list[Any]]:
-        engine = ConstrainedCostEngine(space, seed, initial_points=3)
+        engine = ConstrainedCostEngine(space, seed, initial_points=3, candidates=300)
         out = []
-        for _ in range(6):
+        for _ in range(4):
             batch = engine.ask(2)
             engine.tell(batch, [_margin(space, p) for p in batch])
             out += batch
