@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from jizhi.commands._args import positive_float, positive_int, whole_number
 from simulator.errors import InputError
 
 __all__ = ["register"]
@@ -26,8 +26,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     parser.add_argument("url", help="inference server, e.g. http://127.0.0.1:8000 (loopback only)")
-    parser.add_argument("--rate", type=_positive_float, required=True, help="requests per second")
-    parser.add_argument("--duration", type=_positive_float, required=True, help="seconds (<= 600)")
+    parser.add_argument("--rate", type=positive_float, required=True, help="requests per second")
+    parser.add_argument("--duration", type=positive_float, required=True, help="seconds (<= 600)")
     parser.add_argument(
         "--spec",
         default="examples/ctr.yaml",
@@ -37,22 +37,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--model", help="served model directory: its fields, dense features and key popularity"
     )
     parser.add_argument("--model-name", default="ctr", help="model name in the URL (default: ctr)")
-    parser.add_argument("--seed", type=_int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--seed", type=whole_number, default=0, help="random seed (default: 0)")
     parser.add_argument(
-        "--concurrency", type=_positive_int, default=64, help="HTTP connections (default: 64)"
+        "--concurrency", type=positive_int, default=64, help="HTTP connections (default: 64)"
     )
     parser.add_argument(
         "--binary", action="store_true", help="send tensors with the binary-data extension"
     )
     parser.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=positive_float,
         default=10.0,
         help="seconds from a request's scheduled send until it counts as timed out (default: 10)",
     )
     parser.add_argument(
         "--max-requests",
-        type=_positive_int,
+        type=positive_int,
         default=200_000,
         help="refuse plans with more requests (default: 200000)",
     )
@@ -61,30 +61,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--plot", action="store_true", help="with --out: a latency histogram/CDF PNG next to it"
     )
     parser.set_defaults(func=run)
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number (got {text!r})") from None
-
-
-def _positive_int(text: str) -> int:
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number (got {text!r})") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a positive number (got {text})")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

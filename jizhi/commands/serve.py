@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from jizhi.commands._args import add_overrides
 from simulator.errors import InputError
 
 __all__ = ["register"]
@@ -50,14 +51,7 @@ def _app_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="serving config (YAML), e.g. a tuner's best.yaml")
     parser.add_argument("--model", help="model directory written by `jizhi train`")
     parser.add_argument("--store", help="parameter store: redis://… (default: the model's table)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="PATH=VALUE",
-        help="override a knob, e.g. ranker.max_batch_size=32",
-    )
+    add_overrides(parser, "override a knob, e.g. ranker.max_batch_size=32")
 
 
 def build_serve_config(args: argparse.Namespace) -> dict[str, Any]:

@@ -7,6 +7,8 @@ import json
 import sys
 from collections.abc import Callable
 
+from jizhi.commands._args import add_overrides, non_negative_int, positive_int, whole_number
+
 __all__ = ["register"]
 
 
@@ -18,40 +20,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument("spec", help="pipeline spec (YAML), e.g. examples/ctr.yaml")
     parser.add_argument("--config", help="serving config (YAML), e.g. a tuner's best.yaml")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="PATH=VALUE",
-        help="override a knob (ranker.max_batch_size=32) or a spec field (workload.rate_rps=3000)",
+    add_overrides(
+        parser,
+        "override a knob (ranker.max_batch_size=32) or a spec field (workload.rate_rps=3000)",
     )
-    parser.add_argument("--requests", type=_positive_int, help="measured requests (after warm-up)")
-    parser.add_argument("--warmup", type=_non_negative_int, help="warm-up requests, not measured")
-    parser.add_argument("--seed", type=_int, help="random seed (same seed, same report)")
+    parser.add_argument("--requests", type=positive_int, help="measured requests (after warm-up)")
+    parser.add_argument("--warmup", type=non_negative_int, help="warm-up requests, not measured")
+    parser.add_argument("--seed", type=whole_number, help="random seed (same seed, same report)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run)
-
-
-def _int(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number (got {text!r})") from None
-
-
-def _positive_int(text: str) -> int:
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    value = _int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0 (got {value})")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

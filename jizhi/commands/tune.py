@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jizhi.commands.simulate import _positive_int
+from jizhi.commands._args import add_overrides, positive_int
 
 if TYPE_CHECKING:
     from autotune.run import Progress, TuneResult
@@ -24,24 +24,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Tune the knobs named in the spec's tuning section on the simulator.",
     )
     parser.add_argument("spec", help="pipeline spec (YAML) with a tuning section")
-    parser.add_argument("--trials", type=_positive_int, default=60, help="evaluations (default 60)")
+    parser.add_argument("--trials", type=positive_int, default=60, help="evaluations (default 60)")
     parser.add_argument(
         "--objective",
         choices=["min_cost", "max_rate", "min_p99"],
         help="override the spec's tuning.objective",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="PATH=VALUE",
-        help="override a spec field or baseline knob, e.g. workload.rate_rps=3000",
-    )
+    add_overrides(parser, "override a spec field or baseline knob, e.g. workload.rate_rps=3000")
     parser.add_argument("--out", default="runs/tune", help="output folder (default runs/tune)")
     parser.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=os.cpu_count() or 1,
         help="parallel evaluations in worker processes (default: number of cores)",
     )

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jizhi.commands.simulate import _positive_int
+from jizhi.commands._args import add_overrides, positive_int
 from simulator.errors import InputError
 
 if TYPE_CHECKING:
@@ -87,20 +87,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="spec field and values, e.g. workload.rate_rps=500:4000:8 (or =log:500:4000:8)",
     )
     parser.add_argument(
-        "--trials", type=_positive_int, default=30, help="evaluations per value (default 30)"
+        "--trials", type=positive_int, default=30, help="evaluations per value (default 30)"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="PATH=VALUE",
-        help="override a spec field or baseline knob before sweeping",
-    )
+    add_overrides(parser, "override a spec field or baseline knob before sweeping")
     parser.add_argument("--out", default="runs/whatif", help="output folder (default runs/whatif)")
     parser.add_argument(
         "--workers",
-        type=_positive_int,
+        type=positive_int,
         default=os.cpu_count() or 1,
         help="parallel evaluations in worker processes (default: number of cores)",
     )

@@ -1,0 +1,45 @@
+"""Argument types and options shared by the subcommands: one-line argparse errors (exit 2)."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_overrides", "non_negative_int", "positive_float", "positive_int", "whole_number"]
+
+
+def whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number (got {text!r})") from None
+
+
+def positive_int(text: str) -> int:
+    value = whole_number(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = whole_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0 (got {value})")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number (got {text!r})") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0 (got {text})")
+    return value
+
+
+def add_overrides(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """The repeatable `--set PATH=VALUE` option (knobs and spec fields; see simulator.config)."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE", help=help_text
+    )
