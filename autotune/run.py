@@ -98,19 +98,8 @@ def _rerun(
     reruns: dict[int, list[Trial]] = {i: [] for i in range(len(candidates))}
     for outcome in evaluator.evaluate(tasks):
         candidate = candidates[outcome.key // RERUN_SEEDS]
-        value, feasible = tuner.judge(outcome)
-        trial = Trial(
-            trial=candidate.trial,
-            strategy="rerun",
-            point=candidate.point,
-            config=candidate.config,
-            seed=outcome.seed,
-            metrics=outcome.metrics,
-            value=value,
-            feasible=feasible,
-            error=outcome.error,
-            wall_s=outcome.wall_s,
-        )
+        proposal = Proposal(candidate.trial, candidate.point, candidate.config)
+        trial = tuner.record_of(proposal, outcome, strategy="rerun")
         log.append(trial)
         reruns[outcome.key // RERUN_SEEDS].append(trial)
     held = [

@@ -178,11 +178,12 @@ class Tuner:
             return self._failed_value(), False
         return objective_value(self.spec, outcome.metrics, self.ceiling)
 
-    def tell(self, proposal: Proposal, outcome: Outcome) -> Trial:
+    def record_of(self, proposal: Proposal, outcome: Outcome, strategy: str | None = None) -> Trial:
+        """The judged record of an outcome, without telling the engine or keeping it."""
         value, feasible = self.judge(outcome)
-        trial = Trial(
+        return Trial(
             trial=proposal.trial,
-            strategy=self.strategy,
+            strategy=strategy or self.strategy,
             point=proposal.point,
             config=proposal.config,
             seed=outcome.seed,
@@ -192,6 +193,9 @@ class Tuner:
             error=outcome.error,
             wall_s=outcome.wall_s,
         )
+
+    def tell(self, proposal: Proposal, outcome: Outcome) -> Trial:
+        trial = self.record_of(proposal, outcome)
         self.trials.append(trial)
         self.engine.tell([list(proposal.point)], [self._target(trial)])
         return trial

@@ -56,10 +56,9 @@ def bare_mm1(n: int, seed: int = 0) -> float:
 
 def pipeline(n: int, *overrides: str) -> float:
     """Simulated requests (every arrival, warm-up and tail included) per wall-second."""
-    from simulator import ServingConfig, apply_config, apply_overrides, load_spec, simulate
+    from simulator import load_pipeline, simulate
 
-    spec, config = apply_overrides(load_spec(CTR), ServingConfig(), list(overrides))
-    report = simulate(apply_config(spec, config), requests=n, seed=1)
+    report = simulate(load_pipeline(CTR, overrides=list(overrides)), requests=n, seed=1)
     return report.arrived_total / report.wall_s
 
 

@@ -9,10 +9,16 @@ No Ray or torch import anywhere in this package: the tuner runs it in plain work
 """
 
 from simulator.cache import CachePolicy, KeyCache, make_cache
-from simulator.config import ServingConfig, apply_config, apply_overrides, config_warnings
+from simulator.config import (
+    ServingConfig,
+    apply_config,
+    apply_overrides,
+    config_warnings,
+    with_overrides,
+)
 from simulator.engine import simulate
 from simulator.errors import InputError
-from simulator.load import load_config, load_spec
+from simulator.load import load_config, load_pipeline, load_spec
 from simulator.report import LatencyStats, SimulationReport, StageReport
 from simulator.spec import Device, PipelineSpec, StageKind, StageSpec
 from simulator.zipf import ZipfSampler
@@ -34,7 +40,9 @@ __all__ = [
     "apply_overrides",
     "config_warnings",
     "load_config",
+    "load_pipeline",
     "load_spec",
     "make_cache",
     "simulate",
+    "with_overrides",
 ]

@@ -24,7 +24,14 @@ from simulator.spec import (
     StageSpec,
 )
 
-__all__ = ["ServingConfig", "apply_config", "apply_overrides", "config_warnings", "stage_knobs"]
+__all__ = [
+    "ServingConfig",
+    "apply_config",
+    "apply_overrides",
+    "config_warnings",
+    "stage_knobs",
+    "with_overrides",
+]
 
 _COMPUTE_KNOBS = tuple(k for k in KNOB_NAMES if k not in FEATURE_KNOBS)
 
@@ -148,6 +155,12 @@ def apply_overrides(
         where = describe_validation_error(exc).removeprefix("stages.")
         raise InputError(f"--set {where}") from None
     return spec, config
+
+
+def with_overrides(spec: PipelineSpec, assignments: list[str]) -> PipelineSpec:
+    """The spec with every `--set` assignment applied, knobs and spec fields alike."""
+    spec, config = apply_overrides(spec, ServingConfig(), assignments)
+    return apply_config(spec, config)
 
 
 def config_warnings(spec: PipelineSpec) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from simulator.config import ServingConfig
+from simulator.config import ServingConfig, apply_config, with_overrides
 from simulator.errors import InputError
 from simulator.spec import Deterministic, Exponential, Linear, Lognormal, PipelineSpec, Profile
 
@@ -24,7 +24,13 @@ _UNION_MEMBERS: dict[str, Any] = {
     for m in (Deterministic, Exponential, Lognormal, Linear, Profile)
 }
 
-__all__ = ["describe_validation_error", "load_config", "load_spec", "validate_spec"]
+__all__ = [
+    "describe_validation_error",
+    "load_config",
+    "load_pipeline",
+    "load_spec",
+    "validate_spec",
+]
 
 
 def _read_yaml(path: str | Path, what: str) -> Any:
@@ -135,3 +141,13 @@ def load_config(path: str | Path) -> ServingConfig:
         return ServingConfig.model_validate(data)
     except ValidationError as exc:
         raise InputError(f"{path}: {describe_validation_error(exc, data=data)}") from None
+
+
+def load_pipeline(
+    spec_path: str | Path, config_path: str | Path | None = None, overrides: list[str] | None = None
+) -> PipelineSpec:
+    """A spec with a config file (if any), then `--set` overrides, applied: what commands run."""
+    spec = load_spec(spec_path)
+    if config_path is not None:
+        spec = apply_config(spec, load_config(config_path))
+    return with_overrides(spec, overrides or [])

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 
-__all__ = ["add_overrides", "non_negative_int", "positive_float", "positive_int", "whole_number"]
+__all__ = [
+    "add_overrides",
+    "add_workers",
+    "non_negative_int",
+    "positive_float",
+    "positive_int",
+    "whole_number",
+]
 
 
 def whole_number(text: str) -> int:
@@ -36,6 +44,16 @@ def positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0 (got {text})")
     return value
+
+
+def add_workers(parser: argparse.ArgumentParser) -> None:
+    """`--workers N`: parallel evaluations in worker processes, one per core by default."""
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=os.cpu_count() or 1,
+        help="parallel evaluations in worker processes (default: number of cores)",
+    )
 
 
 def add_overrides(parser: argparse.ArgumentParser, help_text: str) -> None:

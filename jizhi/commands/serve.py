@@ -57,15 +57,11 @@ def _app_arguments(parser: argparse.ArgumentParser) -> None:
 def build_serve_config(args: argparse.Namespace) -> dict[str, Any]:
     from serving.deploy import serve_config
     from serving.models import read_artifact
-    from simulator import ServingConfig, apply_config, apply_overrides, load_config, load_spec
+    from simulator import load_pipeline
 
     if not args.spec or not args.model:
         raise InputError("give a SPEC and --model DIR (and usually --config best.yaml)")
-    spec = load_spec(args.spec)
-    if args.config:
-        spec = apply_config(spec, load_config(args.config))
-    spec, overrides = apply_overrides(spec, ServingConfig(), args.overrides)
-    spec = apply_config(spec, overrides)
+    spec = load_pipeline(args.spec, args.config, args.overrides)
     model = Path(args.model).resolve()
     read_artifact(model)  # a clear error now rather than replicas failing later
     return serve_config(spec, str(model), store=args.store)

@@ -32,21 +32,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace) -> int:
-    from simulator import (
-        ServingConfig,
-        apply_config,
-        apply_overrides,
-        config_warnings,
-        load_config,
-        load_spec,
-        simulate,
-    )
+    from simulator import config_warnings, load_pipeline, simulate
 
-    spec = load_spec(args.spec)
-    config = load_config(args.config) if args.config else ServingConfig()
-    spec = apply_config(spec, config)
-    spec, overrides = apply_overrides(spec, ServingConfig(), args.overrides)
-    spec = apply_config(spec, overrides)
+    spec = load_pipeline(args.spec, args.config, args.overrides)
     for warning in config_warnings(spec):
         print(f"jizhi simulate: warning: {warning}", file=sys.stderr)
     progress = None if args.json or not sys.stderr.isatty() else _progress_bar()

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jizhi.commands._args import add_overrides, positive_int
+from jizhi.commands._args import add_overrides, add_workers, positive_int
 
 if TYPE_CHECKING:
     from autotune.run import Progress, TuneResult
@@ -32,12 +31,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_overrides(parser, "override a spec field or baseline knob, e.g. workload.rate_rps=3000")
     parser.add_argument("--out", default="runs/tune", help="output folder (default runs/tune)")
-    parser.add_argument(
-        "--workers",
-        type=positive_int,
-        default=os.cpu_count() or 1,
-        help="parallel evaluations in worker processes (default: number of cores)",
-    )
+    add_workers(parser)
     parser.add_argument("--ray", metavar="ADDRESS", help="run trials as Ray tasks on this cluster")
     parser.add_argument("--seed", type=int, help="random seed (default: the spec's)")
     parser.add_argument("--resume", action="store_true", help="continue OUT/trials.jsonl")
@@ -50,11 +44,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def run(args: argparse.Namespace) -> int:
     from autotune.run import tune
-    from simulator import ServingConfig, apply_config, apply_overrides, load_spec
+    from simulator import load_pipeline
 
-    spec = load_spec(args.spec)
-    spec, config = apply_overrides(spec, ServingConfig(), args.overrides)
-    spec = apply_config(spec, config)
+    spec = load_pipeline(args.spec, overrides=args.overrides)
     if args.objective:
         from simulator.load import validate_spec
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jizhi.commands._args import add_overrides, positive_int
+from jizhi.commands._args import add_overrides, add_workers, positive_int
 from simulator.errors import InputError
 
 if TYPE_CHECKING:
@@ -91,26 +90,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add_overrides(parser, "override a spec field or baseline knob before sweeping")
     parser.add_argument("--out", default="runs/whatif", help="output folder (default runs/whatif)")
-    parser.add_argument(
-        "--workers",
-        type=positive_int,
-        default=os.cpu_count() or 1,
-        help="parallel evaluations in worker processes (default: number of cores)",
-    )
+    add_workers(parser)
     parser.add_argument("--seed", type=int, help="random seed (default: the spec's)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from autotune.run import tune
-    from simulator import ServingConfig, apply_config, apply_overrides, load_spec
+    from simulator import load_pipeline, with_overrides
 
     sweep = parse_sweep(args.sweep)
-    spec = load_spec(args.spec)
-    spec, config = apply_overrides(spec, ServingConfig(), args.overrides)
-    spec = apply_config(spec, config)
+    spec = load_pipeline(args.spec, overrides=args.overrides)
     # Check every value before the first (long) tuning run.
-    specs = [apply_overrides(spec, ServingConfig(), [sweep.assignment(v)])[0] for v in sweep.values]
+    specs = [with_overrides(spec, [sweep.assignment(v)]) for v in sweep.values]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []

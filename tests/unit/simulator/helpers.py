@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from simulator import PipelineSpec, ServingConfig, apply_config, apply_overrides, load_spec
+from simulator import PipelineSpec, load_pipeline
 from simulator.load import validate_spec
 
 EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
@@ -13,9 +13,7 @@ EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
 
 def example(name: str, *overrides: str) -> PipelineSpec:
     """An example spec with `--set`-style overrides applied."""
-    spec = load_spec(EXAMPLES / name)
-    spec, config = apply_overrides(spec, ServingConfig(), list(overrides))
-    return apply_config(spec, config)
+    return load_pipeline(EXAMPLES / name, overrides=list(overrides))
 
 
 def one_stage(stage: dict[str, Any], workload: dict[str, Any], **sections: Any) -> PipelineSpec:
