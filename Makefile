@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml setup.py simulator/_cache.pyx simulator/_zipf.pyx
 
 install: $(STAMP)
 
-# Servers the integration tests start themselves on loopback (Redis).
+# Servers the integration tests start themselves on loopback (Redis, Prometheus + promtool).
 services:
 	./scripts/install-services.sh
 

@@ -25,8 +25,17 @@ __all__ = ["TrialLog", "fingerprint", "read_trials"]
 
 
 def fingerprint(spec: PipelineSpec) -> str:
-    """Hash of everything that makes trials comparable: the spec without its simulation defaults."""
+    """Hash of everything that makes trials comparable: the spec without its simulation defaults.
+
+    Sections and knobs added later that are off (no `node` section, `in_ranker` false on a
+    compute stage) are left out, so a journal of a spec that does not use them stays valid.
+    """
     data = spec.model_dump(mode="json", exclude={"simulation", "description"})
+    if data.get("node") is None:
+        data.pop("node", None)
+    for stage in data["stages"]:
+        if stage.get("kind") != "features" and not stage.get("in_ranker"):
+            stage["in_ranker"] = None
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 

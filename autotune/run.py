@@ -8,7 +8,7 @@ are simulated again on seeds the search never saw and hold the constraints on ev
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from autotune.evaluate import EvalTask, Evaluator, SimulatorEvaluator
 from autotune.record import TrialLog, read_trials
 from autotune.space import SearchSpace
 from autotune.tuner import GaussianProcessEngine, Proposal, SearchEngine, Trial, Tuner
-from simulator import PipelineSpec
+from simulator import PipelineSpec, ServingConfig
 from simulator.errors import InputError
 from simulator.spec import Objective
 
@@ -82,6 +82,26 @@ def run_strategy(
     return tuner.trials
 
 
+def _evaluate_seeds(
+    tuner: Tuner,
+    evaluator: Evaluator,
+    configs: Sequence[ServingConfig],
+    seed: int,
+    log: TrialLog,
+    planned: int,
+    progress: Progress | None,
+) -> None:
+    """Evaluate configs chosen before the run (a warm start) and tell them to the engine."""
+    proposals = tuner.propose(configs)
+    by_key = {p.trial: p for p in proposals}
+    for outcome in evaluator.evaluate([EvalTask(p.trial, p.config, seed) for p in proposals]):
+        trial = tuner.tell(by_key[outcome.key], outcome)
+        log.append(trial)
+        if progress is not None:
+            best = tuner.best()
+            progress(tuner.strategy, len(tuner.trials), planned, best[0].value if best else None)
+
+
 def _rerun(
     tuner: Tuner, evaluator: Evaluator, seed: int, log: TrialLog
 ) -> tuple[list[Trial], Trial | None, float | None]:
@@ -126,8 +146,13 @@ def tune(
     initial_points: int | None = None,
     progress: Progress | None = None,
     evaluator: Evaluator | None = None,
+    seed_configs: Sequence[ServingConfig] = (),
 ) -> TuneResult:
-    """Bayesian optimisation of `spec.tuning.knobs`; journal in `out_dir/trials.jsonl`."""
+    """Bayesian optimisation of `spec.tuning.knobs`; journal in `out_dir/trials.jsonl`.
+
+    `seed_configs` (a warm start, e.g. the autopilot's live config and last winners) are
+    evaluated first, on the run's seed, and told to the engine before its own proposals; they
+    come on top of the `trials` it proposes, and may win like any trial."""
     space = SearchSpace(spec)
     if len(space) == 0:
         raise InputError(
@@ -145,8 +170,12 @@ def tune(
     tuner.warm_start([t for t in earlier if t.strategy == "bo"])
     own_evaluator = evaluator is None
     evaluator = evaluator or SimulatorEvaluator(spec, workers=workers, ray_address=ray_address)
+    warm = list({c.to_yaml(): c for c in seed_configs}.values())  # once each, in order
+    budget = trials + len(warm)
     try:
-        run_strategy(tuner, evaluator, trials, seed, max(1, workers), log, progress)
+        if warm:
+            _evaluate_seeds(tuner, evaluator, warm, seed, log, budget, progress)
+        run_strategy(tuner, evaluator, budget, seed, max(1, workers), log, progress)
         reruns, winner, mean_value = _rerun(tuner, evaluator, seed, log)
     finally:
         log.close()

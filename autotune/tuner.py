@@ -172,6 +172,16 @@ class Tuner:
             self._next += 1
         return proposals
 
+    def propose(self, configs: Sequence[ServingConfig]) -> list[Proposal]:
+        """Proposals for configs chosen outside the engine (a warm start's: configs that won
+        before); `tell` their outcomes as usual. Each config is evaluated as it is, and the
+        engine learns it at its point in the space (clamped to the knob ranges)."""
+        proposals = []
+        for config in configs:
+            proposals.append(Proposal(self._next, tuple(self.space.encode(config)), config))
+            self._next += 1
+        return proposals
+
     def judge(self, outcome: Outcome) -> tuple[float, bool]:
         """Objective value and feasibility of an outcome; a failed evaluation is the worst case."""
         if outcome.metrics is None:

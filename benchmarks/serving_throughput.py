@@ -105,6 +105,7 @@ DEFAULTS = (
     "features.cache_policy=none",
     "features.cache_capacity=0",
     "features.in_ranker=false",
+    "ingress.in_ranker=false",
     "ranker.replicas=1",
     "ranker.max_ongoing_requests=5",
     "ranker.max_queued_requests=-1",
@@ -114,8 +115,8 @@ DEFAULTS = (
 )
 # The tuned config, from what this script measures (docs/serving.md, "Throughput benchmark"):
 # on 2 shared cores the binding resource is CPU, and most of it goes to Ray's per-request hops, not
-# to the model or the lookups. So: the lookup inside the ranker on the whole batch (one deployment
-# and one hop fewer); in-flight limits that never hold a request back from an idle replica
+# to the model or the lookups. So: the lookup and the protocol inside the ranker (one deployment
+# instead of three: no handle hop at all, one multi-get per batch); in-flight limits that never hold a request back from an idle replica
 # (max_ongoing ≥ batch); a short batch wait (batching saves little CPU here, since every request
 # still pays its own hop, and waiting only adds latency); no cache in front of the memory-mapped
 # table (measured slower than the table itself: the cache pays off in front of Redis).
@@ -123,6 +124,7 @@ TUNED = (
     *DEFAULTS,
     "ingress.max_ongoing_requests=64",
     "features.in_ranker=true",
+    "ingress.in_ranker=true",
     "ranker.max_ongoing_requests=64",
     "ranker.max_batch_size=32",
     "ranker.batch_wait_timeout_s=0.002",

@@ -18,7 +18,19 @@ __all__ = ["main"]
 
 # Subcommand modules under jizhi.commands, in the order `jizhi --help` lists them. Each module keeps
 # its heavy imports (torch, ray) inside its run function so that `jizhi simulate` starts fast.
-_COMMANDS = ("simulate", "tune", "whatif", "train", "profile", "serve", "load")
+_COMMANDS = (
+    "simulate",
+    "tune",
+    "whatif",
+    "train",
+    "profile",
+    "serve",
+    "load",
+    "monitor",
+    "rollout",
+    "calibrate",
+    "autopilot",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

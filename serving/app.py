@@ -1,11 +1,14 @@
 """The Ray Serve application: Ingress (Open Inference Protocol v2) → Features → Ranker.
 
 - `Ingress` (FastAPI under `@serve.ingress`) parses requests with `serving.protocol` (the body is
-  read raw: tritonclient sends no Content-Type) and answers 400/404/413/503 with `{"error": ...}`.
+  read raw: tritonclient sends no Content-Type) and answers 400/404/413 with `{"error": ...}`;
+  503 when a stage sheds the request (its queue is full), 500 when a stage fails.
 - `Features` looks rows' keys up through the cut-off, the cache and the parameter store
   (`serving.features.FeatureLookup`).
-- `Ranker` runs the TorchScript dense part under `@serve.batch`, on a GPU when the config says so.
-  With `features_in_ranker` the lookup runs inside the ranker on the whole batch (one hop less).
+- `Ranker` runs the TorchScript dense part under `@serve.batch`, on a GPU when the config says so
+  (`_RankerCore`). With `features_in_ranker` the lookup runs inside the ranker on the whole batch
+  (one hop less); with `ingress_in_ranker` as well, one deployment named Ranker serves the
+  protocol and scores in-process (the Ingress class holding a `_RankerCore`): no handle hop.
 
 Knobs that Ray changes without restarting a replica arrive through `user_config` and
 `reconfigure`: batch size and wait timeout (set on the live batch queue), cache policy and
@@ -21,8 +24,9 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -52,9 +56,19 @@ class AppArgs(BaseModel):
     model_name: str = "ctr"
     store: str | None = None  # redis://… or a .npy path; default: the model's own table
     features_in_ranker: bool = False
+    ingress_in_ranker: bool = False
     device: str = "cpu"
     max_concurrent_batches: int = 1
+    torch_threads: int = 1  # intra-op threads per ranker replica: its whole CPUs, at least 1
     stage_names: tuple[str, str, str] = ("ingress", "features", "ranker")
+
+    @model_validator(mode="after")
+    def _one_process_needs_the_lookup(self) -> "AppArgs":
+        if self.ingress_in_ranker and not self.features_in_ranker:
+            raise ValueError(
+                "ingress_in_ranker needs features_in_ranker: the lookup runs there too"
+            )
+        return self
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -127,30 +141,31 @@ class Features:
         return vectors
 
 
-@serve.deployment(name="Ranker")
-class Ranker:
-    def __init__(self, args: dict[str, Any]) -> None:
+class _RankerCore:
+    """The dense model under a per-replica `@serve.batch` queue (and the lookup when it runs here)."""
+
+    def __init__(self, args: AppArgs) -> None:
         import torch
 
         from serving.models import read_artifact
 
-        self.args = AppArgs.model_validate(args)
-        self.device = "cuda" if self.args.device == "gpu" else "cpu"
+        self.device = "cuda" if args.device == "gpu" else "cpu"
         if self.device == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(
                 "the config asks for a GPU ranker but this replica sees no CUDA device"
             )
-        self.model = read_artifact(Path(self.args.model_dir)).dense_torchscript(self.device)
+        # Ray sets OMP_NUM_THREADS from num_cpus; a replica that oversubscribes its CPUs slows
+        # every replica on the node, so the intra-op pool is pinned to the replica's own CPUs.
+        torch.set_num_threads(args.torch_threads)
+        self.model = read_artifact(Path(args.model_dir)).dense_torchscript(self.device)
         self._torch = torch
-        self.metrics = StageMetrics(self.args.stage_names[2])
-        self._lookup = (
-            _Lookup(self.args, self.args.stage_names[2]) if self.args.features_in_ranker else None
-        )
+        self.metrics = StageMetrics(args.stage_names[2])
+        self._lookup = _Lookup(args, args.stage_names[2]) if args.features_in_ranker else None
         # The batch queue is built here so that max_concurrent_batches comes from the config.
         self._batched: Any = serve.batch(
             max_batch_size=10,
             batch_wait_timeout_s=0.01,
-            max_concurrent_batches=self.args.max_concurrent_batches,
+            max_concurrent_batches=args.max_concurrent_batches,
         )(self._score_batch)
 
     def reconfigure(self, config: dict[str, Any]) -> None:
@@ -194,6 +209,21 @@ class Ranker:
         return result
 
 
+@serve.deployment(name="Ranker")
+class Ranker:
+    def __init__(self, args: dict[str, Any]) -> None:
+        self.core = _RankerCore(AppArgs.model_validate(args))
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        self.core.reconfigure(config)
+
+    def batching(self) -> dict[str, Any]:
+        return self.core.batching()
+
+    async def score(self, first: np.ndarray, dense: np.ndarray) -> np.ndarray:
+        return await self.core.score(first, dense)
+
+
 api = FastAPI(title="jizhi", docs_url=None, redoc_url=None)
 
 
@@ -206,12 +236,36 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 @serve.ingress(api)
 class Ingress:
     def __init__(
-        self, args: dict[str, Any], ranker: DeploymentHandle, features: DeploymentHandle | None
+        self,
+        args: dict[str, Any],
+        ranker: DeploymentHandle | None = None,
+        features: DeploymentHandle | None = None,
     ) -> None:
         self.args = AppArgs.model_validate(args)
         self.signature = _signature(self.args)
         self.ranker = ranker
         self.features = features
+        # ingress_in_ranker: this replica is the ranker (deployed under the name Ranker).
+        self.core = None if ranker is not None else _RankerCore(self.args)
+
+    def reconfigure(self, config: dict[str, Any]) -> None:
+        if self.core is not None:
+            self.core.reconfigure(config)
+
+    def batching(self) -> dict[str, Any]:
+        if self.core is None:
+            raise RuntimeError("this ingress does not run the ranker (ingress_in_ranker is off)")
+        return self.core.batching()
+
+    async def _scores(self, ids: np.ndarray, dense: np.ndarray) -> np.ndarray:
+        if self.core is not None:
+            return await self.core.score(ids, dense)
+        assert self.ranker is not None
+        first = ids
+        if self.features is not None:
+            first = await self.features.lookup.remote(ids)
+        scores: np.ndarray = await self.ranker.score.remote(first, dense)
+        return scores
 
     @api.get("/v2/health/live")
     async def live(self) -> dict[str, bool]:
@@ -253,12 +307,11 @@ class Ingress:
         except ProtocolError as exc:
             return _error(exc.status, exc.message)
         try:
-            first = parsed.sparse_ids
-            if self.features is not None:
-                first = await self.features.lookup.remote(parsed.sparse_ids)
-            scores = await self.ranker.score.remote(first, parsed.dense)
-        except Exception as exc:  # a stage failed (store unreachable, replica died): retryable
-            return _error(503, f"inference failed: {type(exc).__name__}: {exc}"[:500])
+            scores = await self._scores(parsed.sparse_ids, parsed.dense)
+        except BackPressureError as exc:  # a stage's queue is full: load shedding, retry later
+            return _error(503, f"overloaded: {exc}"[:500])
+        except Exception as exc:  # a stage failed (store unreachable, replica died)
+            return _error(500, f"inference failed: {type(exc).__name__}: {exc}"[:500])
         payload, headers = encode_infer_response(
             self.signature, parsed.id, scores, parsed.binary_output
         )
@@ -271,6 +324,8 @@ def build_app(args: dict[str, Any]) -> Any:
     plain = parsed.model_dump(mode="json")
     deployments: Any = (Ranker, Features, Ingress)  # Serve's Deployment objects
     ranker_d, features_d, ingress_d = deployments
+    if parsed.ingress_in_ranker:
+        return ingress_d.options(name="Ranker").bind(plain)
     ranker = ranker_d.bind(plain)
     features = None if parsed.features_in_ranker else features_d.bind(plain)
     return ingress_d.bind(plain, ranker, features)

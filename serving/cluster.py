@@ -56,6 +56,12 @@ def _ray_env() -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("RAY_AUTH_MODE", "disabled")  # local loopback head: no token (BRIEF §3)
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Ray runs workers at niceness 15 by default, so on a shared machine any other process (a
+    # load client, a build) takes the CPU from the replicas first; serving runs at normal priority.
+    env.setdefault("RAY_worker_niceness", "0")
+    # Metrics every 2 s instead of Ray's 10 s, so that rollout checks and the autopilot see
+    # short windows.
+    env.setdefault("RAY_metrics_report_interval_ms", "2000")
     return env
 
 

@@ -4,6 +4,8 @@ Every knob of the config lands where Ray applies it: replicas and in-flight limi
 deployment options, batching, cache and cut-off in `user_config` (applied by `reconfigure`,
 without restarting replicas), CPUs and GPUs in `ray_actor_options` (a change restarts replicas).
 The spec must have the serving shape: an ingress stage, a features stage, a ranker stage, in order.
+`in_ranker` on the features stage drops the Features deployment (the ranker looks each batch up);
+on the ingress as well, the Ranker deployment serves the protocol itself and is the only one.
 """
 
 from __future__ import annotations
@@ -34,12 +36,18 @@ def serving_stages(spec: PipelineSpec) -> tuple[StageSpec, StageSpec, StageSpec]
     return ingress, features, ranker
 
 
-def _options(stage: StageSpec, deployment: str) -> dict[str, Any]:
+def _resources(stage: StageSpec) -> tuple[float, float]:
+    """(CPUs, GPUs) of one replica of the stage on its configured device."""
     gpu = stage.device is Device.GPU and stage.gpu is not None
     resources = stage.gpu.resources if gpu and stage.gpu is not None else stage.resources
-    actor: dict[str, Any] = {"num_cpus": resources.cpu}
-    if resources.gpu:
-        actor["num_gpus"] = resources.gpu
+    return resources.cpu, resources.gpu
+
+
+def _options(stage: StageSpec, deployment: str) -> dict[str, Any]:
+    cpus, gpus = _resources(stage)
+    actor: dict[str, Any] = {"num_cpus": cpus}
+    if gpus:
+        actor["num_gpus"] = gpus
     return {
         "name": deployment,
         "num_replicas": stage.replicas,
@@ -60,6 +68,12 @@ def serve_config(
     """The Serve config (the YAML of `serve deploy`) for a spec whose stages carry the config."""
     ingress, features, ranker = serving_stages(spec)
     features_in_ranker = bool(features.in_ranker)
+    ingress_in_ranker = bool(ingress.in_ranker)
+    if ingress_in_ranker and not features_in_ranker:
+        raise InputError(
+            f"stages.{ingress.name}: in_ranker serves the protocol from the ranker's replicas, "
+            f"which needs the lookup there too: set {features.name}.in_ranker=true"
+        )
     need = ranker.max_batch_size * ranker.max_concurrent_batches
     if ranker.max_ongoing_requests < need:
         raise InputError(
@@ -72,8 +86,10 @@ def serve_config(
         model_name=model_name,
         store=store,
         features_in_ranker=features_in_ranker,
+        ingress_in_ranker=ingress_in_ranker,
         device=ranker.device.value,
         max_concurrent_batches=ranker.max_concurrent_batches,
+        torch_threads=max(1, int(_resources(ranker)[0])),
         stage_names=(ingress.name, features.name, ranker.name),
     )
     cache = {
@@ -85,7 +101,7 @@ def serve_config(
         "max_batch_size": ranker.max_batch_size,
         "batch_wait_timeout_s": ranker.batch_wait_timeout_s,
     }
-    deployments = [_options(ingress, "Ingress")]
+    deployments = [] if ingress_in_ranker else [_options(ingress, "Ingress")]
     ranker_options = _options(ranker, "Ranker")
     if features_in_ranker:
         ranker_options["user_config"] = {**batching, **cache}

@@ -19,8 +19,8 @@ from simulator.config import (
 from simulator.engine import simulate
 from simulator.errors import InputError
 from simulator.load import load_config, load_pipeline, load_spec
-from simulator.report import LatencyStats, SimulationReport, StageReport
-from simulator.spec import Device, PipelineSpec, StageKind, StageSpec
+from simulator.report import LatencyStats, NodeStats, SimulationReport, StageReport
+from simulator.spec import Device, NodeSpec, PipelineSpec, StageKind, StageSpec
 from simulator.zipf import ZipfSampler
 
 __all__ = [
@@ -29,6 +29,8 @@ __all__ = [
     "InputError",
     "KeyCache",
     "LatencyStats",
+    "NodeSpec",
+    "NodeStats",
     "PipelineSpec",
     "ServingConfig",
     "SimulationReport",

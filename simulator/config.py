@@ -9,7 +9,7 @@ change) or `section.field=value` for the spec's own sections (`workload.rate_rps
 from __future__ import annotations
 
 import difflib
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -22,6 +22,7 @@ from simulator.spec import (
     StageKind,
     StageKnobs,
     StageSpec,
+    merge_problem,
 )
 
 __all__ = [
@@ -91,7 +92,19 @@ def apply_config(spec: PipelineSpec, config: ServingConfig) -> PipelineSpec:
             from simulator.load import describe_validation_error
 
             raise InputError(describe_validation_error(exc, f"stages.{stage.name}")) from None
+    problem = merge_problem(stages)
+    if problem:
+        raise InputError(problem)
     return spec.model_copy(update={"stages": stages})
+
+
+def _optional_section(name: str) -> type[BaseModel] | None:
+    """The model of a spec section that may be left out (`node: NodeSpec | None`), else None."""
+    field = PipelineSpec.model_fields.get(name)
+    if field is None or field.default is not None:
+        return None
+    models = [a for a in get_args(field.annotation) if isinstance(a, type)]
+    return next((m for m in models if issubclass(m, BaseModel)), None)
 
 
 def _parse_assignment(item: str) -> tuple[list[str], Any]:
@@ -131,13 +144,17 @@ def apply_overrides(
             node = spec_data
             for part in parts[:-1]:
                 child = node.get(part) if isinstance(node, dict) else None
+                if child is None and part == head and _optional_section(head) is not None:
+                    child = node[part] = {}  # an optional section left out (`node`): start it
                 if not isinstance(child, dict):
                     raise InputError(f"--set {item}: '{part}' is not a section of the spec")
                 node = child
-            if parts[-1] not in node:
+            section = _optional_section(head) if len(parts) == 2 else None
+            fields = [str(k) for k in (section.model_fields if section else node)]
+            if parts[-1] not in fields:
                 raise InputError(
                     f"--set {item}: unknown field '{'.'.join(parts)}'"
-                    f"{_closest(parts[-1], [str(k) for k in node])}"
+                    f"{_closest(parts[-1], fields)}; fields are {', '.join(fields)}"
                 )
             node[parts[-1]] = value
         else:

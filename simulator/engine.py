@@ -16,8 +16,17 @@ Each rule is Ray Serve's own (ray 2.60, python/ray/serve):
 - Feature stage: when a batch starts, its requests' keys are cut (popularity rank ≥ cutoff_rank
   is skipped) and replayed through the replica's own cache (`simulator.cache`, the one the
   serving path uses); the distinct misses cost one parameter-store multi-get.
+- `in_ranker`: a stage with it has no deployment; it runs inside the next deployed stage's
+  replicas — a features stage's lookup once per batch (one multi-get), a compute stage (an
+  ingress) once per request — and its hop disappears. That work is added to the batch's time,
+  since a replica runs its handlers and its batches on one event loop.
 - Overheads: the HTTP proxy before the first stage and after the last, and a handle hop between
   stages, are delays that hold no replica.
+- Node (optional `spec.node`, `simulator.node`): the pipeline's processes share `cores` cores. The
+  proxy's handling of a request and of its response, each hop and each batch's service time hold
+  a core while they run (work waits FIFO for one); the proxy is one actor handling at most
+  `proxy_concurrency` requests at once. Without it, every replica has a CPU of its own and the
+  overheads are pure delays.
 
 Timing: warm-up requests run but are not counted; statistics cover the measured requests and the
 window between the first and last measured arrival. Arrivals continue until every measured
@@ -45,6 +54,7 @@ import simpy
 from simulator.cache import KeyCache, make_cache
 from simulator.config import ServingConfig, apply_config, config_warnings
 from simulator.errors import InputError
+from simulator.node import Cpu, Proxy, node_stats
 from simulator.report import (
     CacheStats,
     LatencyStats,
@@ -98,9 +108,10 @@ class _Stage:
         spec: StageSpec,
         position: int,
         rng: np.random.Generator,
-        merged: StageSpec | None = None,
+        merged: tuple[StageSpec, ...] = (),
     ) -> None:
-        """`merged`: a features stage with `in_ranker` whose lookup runs inside this stage's batches."""
+        """`merged`: stages with `in_ranker` that run inside this stage's replicas — a features
+        stage looks the whole batch up, a compute stage (an ingress) handles each request."""
         self.sim = sim
         self.spec = spec
         self.name = spec.name
@@ -116,14 +127,22 @@ class _Stage:
         self.service: Sampler = make_sampler(variant.service if variant else spec.service, rngs[0])
         self.store: Sampler | None = None
         self.cutoff: int | None = None
-        self.merged_service: Sampler | None = None
-        self.lookup_spec = spec if spec.kind is StageKind.FEATURES else merged
+        merged_lookup = [m for m in merged if m.kind is StageKind.FEATURES]
+        self.lookup_spec = (
+            spec if spec.kind is StageKind.FEATURES else next(iter(merged_lookup), None)
+        )
         if self.lookup_spec is not None:
             assert self.lookup_spec.store is not None
             self.store = make_store_sampler(self.lookup_spec.store, rngs[1])
             self.cutoff = self.lookup_spec.cutoff_rank
-        if merged is not None:
-            self.merged_service = make_sampler(merged.service, rngs[3])
+        merged_rngs = rngs[3].spawn(max(len(merged), 1))
+        # Merged work shares the replica with the batches: a lookup runs on the whole batch, a
+        # merged compute stage's handler once per request (on the replica's one event loop).
+        self.merged_batch: list[Sampler] = []
+        self.merged_request: list[Sampler] = []
+        for m, m_rng in zip(merged, merged_rngs, strict=False):
+            target = self.merged_batch if m.kind is StageKind.FEATURES else self.merged_request
+            target.append(make_sampler(m.service, m_rng))
         # Python's generator, seeded from the stage's stream: a draw costs ~50 ns in the hot path.
         self.uniform = random.Random(int(rngs[2].integers(2**63))).random
         lookup = self.lookup_spec
@@ -283,10 +302,12 @@ class _Stage:
             rows += req.rows
             req.started = now
         seconds = self.service(rows)
-        if self.merged_service is not None:
-            seconds += self.merged_service(rows)
-        if self.store is not None:
-            seconds += self._lookup(replica, batch)
+        for merged in self.merged_batch:
+            seconds += merged(rows)
+        for merged in self.merged_request:
+            for req in batch:
+                seconds += merged(req.rows)
+        store_s = self._lookup(replica, batch) if self.store is not None else 0.0
         if self.trace is not None:
             ids = tuple(r.index for r in batch)
             self.trace.append((now, "start", self.name, replica.index, ids))
@@ -294,9 +315,14 @@ class _Stage:
             self.batches += 1
             self.batch_requests += len(batch)
             self.batch_rows += rows
-            self.busy_s += seconds
-        done = sim.env.timeout(seconds, (replica, batch))
-        done.callbacks.append(self._on_done)
+        cpu = sim.cpu
+        if cpu is None:
+            if sim.measuring:
+                self.busy_s += seconds + store_s
+            done = sim.env.timeout(seconds + store_s, (replica, batch))
+            done.callbacks.append(self._on_done)
+        else:  # the multi-get is I/O (no core), then the batch's CPU work on a core
+            cpu.run_after(store_s, seconds, (replica, batch), (self._on_node_done,))
 
     def _lookup(self, replica: _Replica, batch: list[_Request]) -> float:
         """Cut and replay the batch's keys through the replica's cache; the store time of its misses."""
@@ -314,6 +340,13 @@ class _Stage:
             self.hits += hits
             self.misses += misses
         return self.store(misses) if misses else 0.0
+
+    def _on_node_done(self, event: simpy.Event) -> None:
+        """With a node, a batch holds its slot from its start, core wait included."""
+        if self.sim.measuring:
+            batch = cast(tuple[_Replica, list[_Request]], event.value)[1]
+            self.busy_s += self.sim.env.now - batch[0].started
+        self._on_done(event)
 
     def _on_done(self, event: simpy.Event) -> None:
         replica, batch = cast(tuple[_Replica, list[_Request]], event.value)
@@ -421,14 +454,21 @@ class _Simulation:
         self.proxy = make_sampler(spec.overhead.proxy, o1)
         self.hop = make_sampler(spec.overhead.hop, o2)
         self.response = make_sampler(spec.overhead.response, o3)
+        self.cpu: Cpu | None = None  # with `spec.node`: the shared cores, and the proxy as a server
+        self.proxy_server: Proxy | None = None
+        self.meters: tuple[Cpu | Proxy, ...] = ()
+        if spec.node is not None:
+            self.cpu = Cpu(self.env, spec.node.cores, spec.node.speed)
+            self.proxy_server = Proxy(self.env, self.cpu, spec.node.proxy_concurrency)
+            self.meters = (self.cpu, self.proxy_server)
         self.stages: list[_Stage] = []
-        merged: StageSpec | None = None
+        merged: list[StageSpec] = []
         for stage_spec, stage_rng in zip(spec.stages, stage_rngs, strict=True):
             if stage_spec.in_ranker:
-                merged = stage_spec  # runs inside the next stage's batches: no deployment
+                merged.append(stage_spec)  # runs inside the next deployed stage: no deployment
                 continue
-            self.stages.append(_Stage(self, stage_spec, len(self.stages), stage_rng, merged))
-            merged = None
+            self.stages.append(_Stage(self, stage_spec, len(self.stages), stage_rng, tuple(merged)))
+            merged = []
         for a, b in zip(self.stages, self.stages[1:], strict=False):
             a.next = b
         self.first = self.stages[0]
@@ -489,8 +529,11 @@ class _Simulation:
         delay = self.proxy(req.rows)
         if delay > 0.0:
             self.in_transit += 1
-            ev = self.env.timeout(delay, (self.first, req))
-            ev.callbacks.append(self._on_enter)
+            if self.proxy_server is None:
+                ev = self.env.timeout(delay, (self.first, req))
+                ev.callbacks.append(self._on_enter)
+            else:
+                self.proxy_server.handle(delay, (self.first, req), self._on_enter)
         else:
             self.first.accept(req)
         self._schedule_next_arrival()
@@ -506,12 +549,16 @@ class _Simulation:
         for stage in self.stages:
             stage._integrate(now)
             stage.area_in_stage = stage.area_queue = 0.0
+        for meter in self.meters:
+            meter.open_window(now)
 
     def _close_window(self, now: float) -> None:
         if self.t_end is not None:
             return
         for stage in self.stages:
             stage._integrate(now)
+        for meter in self.meters:
+            meter.close_window(now)
         self.measuring = False
         self.t_end = now
 
@@ -521,27 +568,50 @@ class _Simulation:
         nxt = stage.next
         if nxt is None:
             now = self.env.now
-            for req in batch:
-                self._complete(req, now)
+            if self.proxy_server is None:
+                for req in batch:
+                    self._complete(req, now)
+            else:
+                for req in batch:
+                    self._respond(req, now)
             return
         hop = self.hop
+        cpu = self.cpu
         for req in batch:
             delay = hop(req.rows)
             if delay > 0.0:
                 self.in_transit += 1
-                ev = self.env.timeout(delay, (nxt, req))
-                ev.callbacks.append(self._on_enter)
+                if cpu is None:
+                    ev = self.env.timeout(delay, (nxt, req))
+                    ev.callbacks.append(self._on_enter)
+                else:  # the caller's (Ray's) work: a core, no replica
+                    cpu.run(delay, (nxt, req), (self._on_enter,))
             else:
                 nxt.accept(req)
 
-    def _complete(self, req: _Request, now: float) -> None:
+    def _respond(self, req: _Request, now: float) -> None:
+        """With a node, the response is the proxy's work too; the request completes after it."""
+        assert self.proxy_server is not None
+        seconds = self.response(req.rows)
+        if seconds > 0.0:
+            self.in_transit += 1
+            self.proxy_server.respond(seconds, req, self._on_responded)
+        else:
+            self._complete(req, now, responded=True)
+
+    def _on_responded(self, event: simpy.Event) -> None:
+        self.in_transit -= 1
+        self._complete(cast(_Request, event.value), self.env.now, responded=True)
+
+    def _complete(self, req: _Request, now: float, responded: bool = False) -> None:
         if self.trace is not None:
             self.trace.append((now, "complete", req.index))
         self.completed += 1
         if self.measuring:
             self.completions_in_window += 1
         if req.measured:
-            self.e2e.append(now + self.response(req.rows) - req.arrived)
+            end = now if responded else now + self.response(req.rows)
+            self.e2e.append(end - req.arrived)
             self.measured_completed += 1
             self._resolved()
 
@@ -622,6 +692,10 @@ def _report(sim: _Simulation, spec: PipelineSpec, wall_s: float) -> SimulationRe
         if s.name in deployed
     ]
     latency = LatencyStats.of(sim.e2e)
+    node = None
+    if spec.node is not None:
+        assert sim.cpu is not None and sim.proxy_server is not None
+        node = node_stats(spec.node, sim.cpu, sim.proxy_server, window, sim.completions_in_window)
     shed_rate = sim.measured_shed / sim.requests
     slo = SloVerdict(
         p99_target_s=spec.slo.p99_s,
@@ -653,4 +727,5 @@ def _report(sim: _Simulation, spec: PipelineSpec, wall_s: float) -> SimulationRe
         slo=slo,
         warnings=tuple(config_warnings(spec)),
         wall_s=wall_s,
+        node=node,
     )

@@ -13,7 +13,14 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["CacheStats", "LatencyStats", "SimulationReport", "SloVerdict", "StageReport"]
+__all__ = [
+    "CacheStats",
+    "LatencyStats",
+    "NodeStats",
+    "SimulationReport",
+    "SloVerdict",
+    "StageReport",
+]
 
 _QUANTILES = {"p50_s": 0.50, "p90_s": 0.90, "p95_s": 0.95, "p99_s": 0.99, "p999_s": 0.999}
 
@@ -81,6 +88,20 @@ class StageReport:
 
 
 @dataclass(frozen=True)
+class NodeStats:
+    """The shared node (`spec.node`) over the measurement window."""
+
+    cores: int
+    speed: float
+    proxy_concurrency: int
+    cpu_utilisation: float  # core-seconds held by the pipeline's work / (cores × window)
+    cpu_seconds_per_request: float  # the pipeline's CPU seconds (at full speed) per completion
+    mean_core_wait_s: float  # mean wait of a piece of CPU work for a core
+    proxy_utilisation: float  # busy handling slots / proxy_concurrency
+    proxy_mean_queue_wait_s: float  # mean wait for a handling slot (requests in, responses out)
+
+
+@dataclass(frozen=True)
 class SloVerdict:
     p99_target_s: float
     max_shed_rate: float
@@ -113,6 +134,7 @@ class SimulationReport:
     slo: SloVerdict
     warnings: tuple[str, ...]
     wall_s: float
+    node: NodeStats | None = None  # only with `spec.node`
     # End-to-end latency of every completed measured request, in completion order; only when
     # `simulate(..., keep_samples=True)`, and never part of `to_dict()`.
     latency_samples: tuple[float, ...] | None = dataclasses.field(default=None, compare=False)
@@ -155,6 +177,15 @@ class SimulationReport:
                 f"{s.name:<12}{s.replicas:>9}{s.utilisation:>7.0%}{s.mean_queue_length:>8.1f}"
                 f"{s.queue_wait.p99_s * ms:>8.2f}ms{s.mean_batch_size:>7.1f}{s.shed:>7}"
                 f"{s.cost_per_hour:>8.2f}"
+            )
+        if self.node is not None:
+            n = self.node
+            lines.append(
+                f"\nnode: {n.cores} cores at speed {n.speed:.2f}, CPU {n.cpu_utilisation:.0%} busy, "
+                f"{n.cpu_seconds_per_request * ms:.2f} ms CPU/request, "
+                f"wait for a core {n.mean_core_wait_s * ms:.2f} ms mean\n"
+                f"proxy: {n.proxy_concurrency} at once, {n.proxy_utilisation:.0%} busy, "
+                f"queue wait {n.proxy_mean_queue_wait_s * ms:.2f} ms mean"
             )
         for s in self.stages:
             if s.cache is not None:

@@ -37,6 +37,7 @@ __all__ = [
     "KnobRange",
     "Linear",
     "Lognormal",
+    "NodeSpec",
     "Objective",
     "OverheadSpec",
     "PipelineSpec",
@@ -233,7 +234,7 @@ class StageKnobs(_Strict):
 
 
 KNOB_NAMES: tuple[str, ...] = tuple(StageKnobs.model_fields)
-FEATURE_KNOBS: tuple[str, ...] = ("cache_policy", "cache_capacity", "cutoff_rank", "in_ranker")
+FEATURE_KNOBS: tuple[str, ...] = ("cache_policy", "cache_capacity", "cutoff_rank")
 
 
 class StageSpec(StageKnobs):
@@ -250,14 +251,13 @@ class StageSpec(StageKnobs):
     @model_validator(mode="before")
     @classmethod
     def _feature_defaults(cls, data: Any) -> Any:
-        """A features stage without cache knobs has an empty LRU cache and no cut-off."""
-        if isinstance(data, dict) and data.get("kind") in (StageKind.FEATURES, "features"):
-            data = {
-                "cache_policy": CachePolicy.LRU,
-                "cache_capacity": 0,
-                "in_ranker": False,
-                **data,
-            }
+        """A stage runs in its own deployment unless `in_ranker`; a features stage without cache
+        knobs has an empty LRU cache and no cut-off."""
+        if not isinstance(data, dict):
+            return data
+        data = {"in_ranker": False, **data}
+        if data.get("kind") in (StageKind.FEATURES, "features"):
+            data = {"cache_policy": CachePolicy.LRU, "cache_capacity": 0, **data}
         return data
 
     @model_validator(mode="after")
@@ -276,6 +276,24 @@ class StageSpec(StageKnobs):
         return self
 
 
+def merge_problem(stages: list[StageSpec]) -> str | None:
+    """Why the stages' `in_ranker` settings cannot run, or None when they can."""
+    for stage, after in zip(stages, [*stages[1:], None], strict=True):
+        if not stage.in_ranker:
+            continue
+        if after is None:
+            return (
+                f"stages.{stage.name}: in_ranker runs the stage inside the next stage's "
+                "replicas, and no stage follows it"
+            )
+        if stage.kind is StageKind.FEATURES and after.kind is StageKind.FEATURES:
+            return (
+                f"stages.{stage.name}: in_ranker runs the lookup inside the next stage's "
+                "batches, so a compute stage must follow it"
+            )
+    return None
+
+
 # --- SLO, cost, run length ---------------------------------------------------------------------
 
 
@@ -285,6 +303,17 @@ class OverheadSpec(_Strict):
     proxy: ServiceTime = Deterministic(seconds=0.0)
     hop: ServiceTime = Deterministic(seconds=0.0)
     response: ServiceTime = Deterministic(seconds=0.0)
+
+
+class NodeSpec(_Strict):
+    """The machine the pipeline's processes share: CPU work queues for its cores (`simulator.node`).
+
+    Without it (the default) every replica has a CPU of its own and the proxy and hops are delays.
+    """
+
+    cores: PositiveInt
+    speed: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0  # share of a core other processes leave
+    proxy_concurrency: PositiveInt = 1  # requests Ray's HTTP proxy handles at once
 
 
 class SloSpec(_Strict):
@@ -370,7 +399,18 @@ class TuningSpec(_Strict):
 
 
 _RESERVED_STAGE_NAMES = frozenset(
-    {"name", "description", "workload", "stages", "overhead", "slo", "cost", "simulation", "tuning"}
+    {
+        "name",
+        "description",
+        "workload",
+        "stages",
+        "overhead",
+        "node",
+        "slo",
+        "cost",
+        "simulation",
+        "tuning",
+    }
 )
 
 
@@ -382,6 +422,7 @@ class PipelineSpec(_Strict):
     workload: WorkloadSpec
     stages: Annotated[list[StageSpec], Field(min_length=1)]
     overhead: OverheadSpec = OverheadSpec()
+    node: NodeSpec | None = None
     slo: SloSpec
     cost: CostSpec = CostSpec()
     simulation: SimulationSpec = SimulationSpec()
@@ -401,12 +442,9 @@ class PipelineSpec(_Strict):
             and self.workload.sparse_features_per_row == 0
         ):
             raise ValueError("a features stage needs workload.sparse_features_per_row > 0")
-        for stage, after in zip(self.stages, [*self.stages[1:], None], strict=True):
-            if stage.in_ranker and (after is None or after.kind is StageKind.FEATURES):
-                raise ValueError(
-                    f"stages.{stage.name}: in_ranker runs the lookup inside the next stage's "
-                    "batches, so a compute stage must follow it"
-                )
+        problem = merge_problem(self.stages)
+        if problem:
+            raise ValueError(problem)
         for path, knob_range in self.tuning.knobs.items():
             self._check_tunable(path, knob_range)
         return self

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,3 +19,15 @@ def _no_ray_in_unit_tests(request: pytest.FixtureRequest) -> None:
         ray = sys.modules["ray"]
         if getattr(ray, "is_initialized", lambda: False)():
             pytest.fail("a unit test found Ray running; mark it @pytest.mark.integration")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def controller_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Commands record deploys and tuning runs in jizhi's controller state file: in tests, one
+    temporary file for the session rather than the working directory's `.jizhi/controller.json`."""
+    from serving.monitoring import exporter
+
+    path = tmp_path_factory.mktemp("controller") / "controller.json"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(exporter, "STATE_FILE", path)
+        yield path

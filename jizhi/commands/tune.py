@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
         spec = validate_spec(data, source="--objective")
     out = Path(args.out)
     progress, close = _progress()
+    started = time.monotonic()
     try:
         result = tune(
             spec,
@@ -81,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
             )
     finally:
         close()
+    duration_s = time.monotonic() - started
     print(summary(result))
     if not args.no_report:
         from autotune.report import write_report
@@ -89,7 +92,20 @@ def run(args: argparse.Namespace) -> int:
     if result.winner is not None:
         print(f"best config: {out / 'best.yaml'}")
     print(f"trials: {out / 'trials.jsonl'}")
-    return 0 if result.winner is not None else 1
+    if result.winner is None:
+        return 1
+    _record(duration_s, len(result.trials))
+    return 0
+
+
+def _record(duration_s: float, trials: int) -> None:
+    """Tell jizhi's exporter about the run; a state file that cannot be written only warns."""
+    from serving.monitoring import exporter
+
+    try:
+        exporter.record_tuning(duration_s, trials)
+    except (OSError, ValueError) as exc:
+        print(f"warning: could not record the run in {exporter.STATE_FILE}: {exc}", file=sys.stderr)
 
 
 def _progress() -> tuple[Progress, Callable[[], None]]:

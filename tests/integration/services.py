@@ -10,6 +10,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE_SPEC = str(ROOT / "examples" / "ctr.yaml")
+# The example on one replica per stage, batches of 8: what the integration session deploys.
+SMALL = [
+    "--set", "ingress.replicas=1", "--set", "features.replicas=1", "--set", "ranker.replicas=1",
+    "--set", "ranker.max_batch_size=8", "--set", "ranker.max_ongoing_requests=16",
+]  # fmt: skip
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

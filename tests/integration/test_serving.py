@@ -1,13 +1,13 @@
 """The real serving path: a local Ray head, the Serve application deployed from a config file,
 tritonclient against it, live reconfiguration, bad requests, metrics. One deployment for the
-module (start-up costs about a minute on 2 cores); each test leaves it serving."""
+test session (`served`, in conftest: start-up costs about a minute on 2 cores); each test leaves
+it serving the `SMALL` config."""
 
 from __future__ import annotations
 
 import json
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,36 +19,11 @@ from jizhi.cli import main
 from serving import cluster
 from serving.models import read_artifact
 
+from .services import EXAMPLE_SPEC, SMALL
+
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 URL = "127.0.0.1:8000"
-SMALL = [
-    "--set", "ingress.replicas=1", "--set", "features.replicas=1", "--set", "ranker.replicas=1",
-    "--set", "ranker.max_batch_size=8", "--set", "ranker.max_ongoing_requests=16",
-]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("model") / "ctr"
-    args = [
-        "train", "--out", str(out), "--vocab-size", "20000", "--source-rows", "20000",
-        "--target-rows", "5000", "--test-rows", "5000", "--no-compare", "--quiet", "--threads", "1",
-    ]  # fmt: skip
-    assert main(args) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def served(model_dir: Path) -> Iterator[Path]:
-    assert not cluster.head_running(), "a Ray head is already running on 127.0.0.1:8265"
-    spec = str(ROOT / "examples" / "ctr.yaml")
-    try:
-        assert main(["serve", spec, "--model", str(model_dir), *SMALL]) == 0
-        yield model_dir
-    finally:
-        main(["serve", "--stop"])
 
 
 def _rows(model_dir: Path, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -152,7 +127,7 @@ def test_config_change_applies_in_place_on_the_same_replicas(served: Path) -> No
     features_before = _describe("Features", "describe")
     assert ranker_before["max_batch_size"] == 8
     assert features_before["cache_capacity"] == 20000
-    spec = str(ROOT / "examples" / "ctr.yaml")
+    spec = EXAMPLE_SPEC
     changed = [*SMALL, "--set", "ranker.max_batch_size=4", "--set", "ranker.batch_wait_timeout_s=0.002",
                "--set", "features.cutoff_rank=1000", "--set", "features.cache_capacity=500"]  # fmt: skip
     assert main(["serve", spec, "--model", str(served), *changed]) == 0
@@ -204,7 +179,7 @@ def test_redis_store_gives_the_same_scores_as_the_memory_mapped_table(
     from .services import redis_server
 
     ids, dense = _rows(served, 10, seed=5)
-    spec = str(ROOT / "examples" / "ctr.yaml")
+    spec = EXAMPLE_SPEC
     assert main(["serve", spec, "--model", str(served), *SMALL]) == 0
     from_table = _infer(ids, dense, binary=True)
     with redis_server(tmp_path) as url:
@@ -215,3 +190,30 @@ def test_redis_store_gives_the_same_scores_as_the_memory_mapped_table(
         main(
             ["serve", spec, "--model", str(served), *SMALL]
         )  # back to the table before Redis stops
+
+
+def test_ingress_in_ranker_serves_the_protocol_from_one_deployment(served: Path) -> None:
+    spec = EXAMPLE_SPEC
+    fused = [*SMALL, "--set", "features.in_ranker=true", "--set", "ingress.in_ranker=true"]
+    try:
+        assert main(["serve", spec, "--model", str(served), *fused]) == 0
+        deployments = cluster.status()["applications"]["jizhi"]["deployments"]
+        assert set(deployments) == {"Ranker"}
+        ids, dense = _rows(served, 9, seed=6)
+        expected = read_artifact(served).ranker().predict(ids, dense)
+        np.testing.assert_allclose(_infer(ids, dense, binary=True), expected, rtol=1e-5, atol=1e-6)
+        assert _post("/v2/models/ctr/infer", b"{garbage")[0] == 400
+        before = _describe("Ranker", "batching")
+        changed = [*fused, "--set", "ranker.max_batch_size=2"]
+        assert main(["serve", spec, "--model", str(served), *changed]) == 0
+        after = _describe("Ranker", "batching")
+        assert after["max_batch_size"] == 2 and after["pid"] == before["pid"]
+        np.testing.assert_allclose(_infer(ids, dense, binary=False), expected, rtol=1e-5, atol=1e-6)
+    finally:
+        main(["serve", spec, "--model", str(served), *SMALL])
+
+
+def test_ingress_in_ranker_without_the_lookup_there_is_rejected(served: Path) -> None:
+    spec = EXAMPLE_SPEC
+    args = ["export", spec, "--model", str(served), "--set", "ingress.in_ranker=true"]
+    assert main(args) == 2

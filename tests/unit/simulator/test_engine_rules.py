@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from simulator import simulate
+from simulator.errors import InputError
+from simulator.load import validate_spec
 
 from .helpers import example, one_stage, trace_file
 
@@ -214,3 +216,38 @@ def test_features_in_ranker_removes_a_deployment_and_a_hop() -> None:
     assert fused.cost_per_hour == pytest.approx(separate.cost_per_hour - 4 * 1.0 * 0.048)
     cache = fused.stage("ranker").cache
     assert cache is not None and cache.lookups > 0  # the ranker's replicas hold the caches
+
+
+def test_ingress_in_ranker_runs_each_requests_handler_on_the_ranker_replicas() -> None:
+    """An ingress with in_ranker has no deployment or hop: its handler (1 ms) runs on the ranker's
+    replica for every request, next to the ranker's own 2 ms."""
+
+    def spec(fused: bool) -> Any:
+        return validate_spec(
+            {
+                "name": "t",
+                "workload": {"rate_rps": 100},
+                "overhead": {"hop": {"model": "deterministic", "seconds": 0.005}},
+                "stages": [
+                    {"name": "ingress", "service": {"model": "deterministic", "seconds": 0.001},
+                     "in_ranker": fused, "cost_per_replica_hour": 1.0},
+                    {"name": "ranker", "service": {"model": "deterministic", "seconds": 0.002},
+                     "cost_per_replica_hour": 2.0},
+                ],
+                "slo": {"p99_s": 1.0},
+            },
+            source="test",
+        )  # fmt: skip
+
+    apart = simulate(spec(False), requests=3000, seed=4)
+    fused = simulate(spec(True), requests=3000, seed=4)
+    assert [s.name for s in fused.stages] == ["ranker"] and fused.cost_per_hour == 2.0
+    assert fused.stage("ranker").latency.p50_s == pytest.approx(0.003)  # 1 ms + 2 ms, no queue
+    ranker = fused.stage("ranker")
+    assert ranker.utilisation == pytest.approx(0.003 * ranker.arrival_rate_rps, rel=0.02)
+    assert apart.latency.p50_s - fused.latency.p50_s == pytest.approx(0.005, abs=1e-4)  # the hop
+
+
+def test_in_ranker_on_the_last_stage_is_rejected() -> None:
+    with pytest.raises(InputError, match="no stage follows it"):
+        example("ctr.yaml", "ranker.in_ranker=true")

@@ -1,0 +1,176 @@
+"""How well the calibrated simulator predicts the real service: predicted vs measured, per case.
+
+One run deploys `CONFIGS` (batch size, batch wait, replicas, cache capacity, cut-off, the fused
+shapes) one after another on a local Ray Serve (the example spec, one small model), drives each
+with `jizhi load` at each rate in `RATES` (open-loop Poisson, from the scheduled send time), and
+records, per case, the client's latency percentiles and goodput and snapshots of Ray's metrics
+endpoint every `SNAPSHOT_S` seconds (about 20 minutes; written to `--raw`). After each deploy,
+`WARMUP_S` seconds of load that is not measured warm the fresh replicas up.
+
+The analysis (`benchmarks/fidelity_analysis.py`; a minute) calibrates the spec with `jizhi
+calibrate`'s fitting on the calibration cases only (`CALIBRATION`, plus one fused config that
+identifies a handle hop's CPU), fits the share of a core the pipeline gets (`node.speed`) and the
+spread of CPU work (`cv`) to the calibration cases' p50 and p99, simulates every case with the
+calibrated spec at its offered rate, and prints per case predicted vs measured p50, p99 and
+throughput with relative errors, the median and worst error on the calibration cases and on the
+held-out ones, and the Spearman rank correlation of predicted and measured p50 and p99; it writes
+a JSON and a PNG (predicted against measured, log-log, with y = x).
+
+Bounded: loopback only, `len(CONFIGS) × len(RATES)` probes of `--probe-s` seconds. The script
+starts a loopback Ray head (as `jizhi serve` does) unless one answers and stops it if it started
+it. Seeded: each probe's send times and payloads come from `--seed`.
+
+Run:  .venv/bin/python benchmarks/simulator_fidelity.py                 (measure, then analyze)
+      .venv/bin/python benchmarks/simulator_fidelity.py --analyze-only   (re-analyze out/fidelity/raw.json)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from jizhi.cli import main as jizhi  # noqa: E402
+from serving import cluster  # noqa: E402
+
+SPEC = ROOT / "examples" / "ctr.yaml"
+BASE = (
+    "ingress.replicas=1", "features.replicas=1", "ranker.replicas=1",
+    "ranker.max_batch_size=8", "ranker.max_ongoing_requests=16", "ranker.batch_wait_timeout_s=0.005",
+    "features.cache_capacity=20000",
+)  # fmt: skip
+# name → overrides on BASE. Calibration uses every other one (the even positions).
+CONFIGS: dict[str, tuple[str, ...]] = {
+    "base": (),
+    "batch-1": ("ranker.max_batch_size=1",),
+    "batch-32-wait-20ms": ("ranker.max_batch_size=32", "ranker.max_ongoing_requests=64",
+                           "ranker.batch_wait_timeout_s=0.02"),
+    "no-wait": ("ranker.batch_wait_timeout_s=0.0",),
+    "ranker-2": ("ranker.replicas=2",),
+    "no-cache": ("features.cache_capacity=0",),
+    "cutoff-2000": ("features.cutoff_rank=2000",),
+    "features-in-ranker": ("features.in_ranker=true",),
+    "one-deployment": ("features.in_ranker=true", "ingress.in_ranker=true",
+                       "ranker.max_ongoing_requests=64", "ranker.max_batch_size=32",
+                       "ranker.batch_wait_timeout_s=0.002"),
+    "ingress-2": ("ingress.replicas=2",),
+}  # fmt: skip
+RATES = (4.0, 10.0)
+SNAPSHOT_S = 2.0
+SETTLE_S = 6.0  # after a deploy: replicas up, and two metric reports of the new config
+WARMUP_S = 8.0  # load not measured after each deploy: first calls into fresh replicas are slow
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _wanted(text: str) -> str:
+    keep = ("ray_serve_", "ray_jizhi_", "ray_component_cpu_percentage", "ray_node_cpu_")
+    return "\n".join(
+        line for line in text.splitlines() if line.startswith(keep) or line.startswith("# ")
+    )
+
+
+def _scrape() -> dict[str, Any]:
+    import urllib.request
+
+    url = f"http://127.0.0.1:{cluster.METRICS_PORT}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return {"at": time.time(), "text": _wanted(response.read().decode())}
+
+
+def ensure_model(path: Path) -> Path:
+    if not path.exists():
+        say(f"training a small model into {path} ...")
+        args = ["train", "--out", str(path), "--vocab-size", "20000", "--source-rows", "20000",
+                "--target-rows", "5000", "--test-rows", "5000", "--no-compare", "--quiet",
+                "--threads", "1"]  # fmt: skip
+        assert jizhi(args) == 0
+    return path
+
+
+def probe(model: Path, rate: float, seconds: float, seed: int, out: Path) -> dict[str, Any]:
+    """One load run in a subprocess, with snapshots of the metrics endpoint while it runs."""
+    command = [
+        sys.executable, "-m", "jizhi.cli", "load", "http://127.0.0.1:8000", "--rate", str(rate),
+        "--duration", str(seconds), "--model", str(model), "--seed", str(seed), "--binary",
+        "--out", str(out),
+    ]  # fmt: skip
+    snapshots = [_scrape()]
+    load = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while load.poll() is None:
+        time.sleep(SNAPSHOT_S)
+        snapshots.append(_scrape())
+    time.sleep(SNAPSHOT_S + 0.5)  # the last report of the window
+    snapshots.append(_scrape())
+    if load.returncode != 0:
+        raise RuntimeError(
+            f"jizhi load failed: {load.stderr.read().decode()[-400:] if load.stderr else ''}"
+        )
+    summary = json.loads(out.read_text())
+    summary.pop("records", None)
+    return {"load": summary, "snapshots": snapshots}
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    model = ensure_model(args.model)
+    started_head = cluster.ensure_head(num_cpus=8)
+    cases: list[dict[str, Any]] = []
+    began = time.monotonic()
+    try:
+        for c, (name, overrides) in enumerate(CONFIGS.items()):
+            assignments = [*BASE, *overrides]
+            sets = [item for a in assignments for item in ("--set", a)]
+            say(f"[{c + 1}/{len(CONFIGS)}] {name}: deploying ...")
+            assert jizhi(["serve", str(SPEC), "--model", str(model), *sets]) == 0
+            time.sleep(SETTLE_S)
+            warmup = args.raw.parent / "warmup.json"
+            probe(model, RATES[-1], WARMUP_S, args.seed + 10 * c + 9, warmup)
+            for r, rate in enumerate(RATES):
+                out = args.raw.parent / f"load-{name}-{rate:g}.json"
+                result = probe(model, rate, args.probe_s, args.seed + 10 * c + r, out)
+                latency = result["load"]["latency_s"]
+                say(
+                    f"    {rate:5.1f} req/s: p50 {latency['p50'] * 1e3:7.1f} ms, p99 "
+                    f"{(latency['p99'] or float('inf')) * 1e3:7.1f} ms, goodput "
+                    f"{result['load']['goodput_rps']:.2f}/s  ({time.monotonic() - began:.0f} s)"
+                )
+                cases.append({"config": name, "assignments": assignments, "rate": rate, **result})
+                time.sleep(2.0)
+    finally:
+        if started_head:
+            jizhi(["serve", "--stop"])
+    return {"spec": str(SPEC), "model": str(model), "probe_s": args.probe_s, "cases": cases}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "runs" / "fidelity-model")
+    parser.add_argument("--raw", type=Path, default=ROOT / "out" / "fidelity" / "raw.json")
+    parser.add_argument("--probe-s", type=float, default=25.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--measure-only", action="store_true")
+    parser.add_argument("--analyze-only", action="store_true")
+    args = parser.parse_args()
+    args.raw.parent.mkdir(parents=True, exist_ok=True)
+    if not args.analyze_only:
+        raw = measure(args)
+        args.raw.write_text(json.dumps(raw))
+        say(f"wrote {args.raw}")
+    if not args.measure_only:
+        from fidelity_analysis import analyze
+
+        analyze(json.loads(args.raw.read_text()), args.raw.parent)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Monitoring: Prometheus config and rules, the Grafana dashboard, jizhi's own exporter."""
