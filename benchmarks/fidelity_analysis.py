@@ -236,7 +236,10 @@ def analyze(raw: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     calibration_cases = [c for c in cases if c["config"] in CALIBRATION]
     workload = _model_workload(raw["model"])
     spec, pooled, values = _pooled_spec(raw["spec"], workload, calibration_cases)
-    print(f"\ncalibrated on {len(calibration_cases)} cases ({', '.join(sorted(chosen))}):")
+    print(
+        f"\ncalibrated on {len(calibration_cases)} cases ({', '.join(CALIBRATION)}), the hop on "
+        f"{' vs '.join(HOP_PAIR)}; held out: {', '.join(sorted({c['config'] for c in cases} - chosen))}"
+    )
     for path, vs in sorted(values.items()):
         spread = f" (per case {min(vs):.4g}…{max(vs):.4g})" if len(vs) > 1 else ""
         print(f"  {path} = {pooled[path]:.4g}{spread}")

@@ -232,7 +232,7 @@ def _controller_panels() -> list[Any]:
         _series("Autopilot actions", "Autopilot decisions and errors per 10 minutes.", "short", [
             ("sum by (outcome) (increase(jizhi_autopilot_iterations_total[10m]))",
              "{{outcome}}"),
-            ("sum by (reason) (increase(jizhi_autopilot_errors_total[10m])) > 0",
+            ("sum by (reason) (increase(jizhi_autopilot_errors_total[10m]))",
              "error: {{reason}}"),
         ], span=12),
         _series("Predicted vs observed latency", "The simulator's prediction for the deployed "

@@ -43,6 +43,7 @@ from serving.kuberay import (
     plan_workers,
     rayservice_manifest,
 )
+from serving.models import ModelArtifact
 from simulator import load_pipeline
 from simulator.errors import InputError
 from tests.conftest import EXAMPLES, ROOT
@@ -442,12 +443,10 @@ def test_cli_export_rayservice_writes_both_documents(
 
 
 def test_cli_default_format_is_still_the_serve_config(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, tiny_artifact: ModelArtifact
 ) -> None:
     out = tmp_path / "serve.yaml"
-    model = ROOT / "runs" / "model"
-    if not (model / "metadata.json").exists():
-        pytest.skip("needs `jizhi train --out runs/model`")
+    model = tiny_artifact.path
     assert main(["export", str(SPEC), "--model", str(model), "--out", str(out)]) == 0
     assert yaml.safe_load(out.read_text())["http_options"]["host"] == "127.0.0.1"
 
