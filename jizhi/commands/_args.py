@@ -8,6 +8,7 @@ import os
 __all__ = [
     "add_overrides",
     "add_workers",
+    "non_negative_float",
     "non_negative_int",
     "positive_float",
     "positive_int",
@@ -43,6 +44,16 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number (got {text!r})") from None
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number > 0 (got {text})")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number (got {text!r})") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (got {text})")
     return value
 
 

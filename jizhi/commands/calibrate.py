@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from jizhi.commands._args import add_overrides, positive_float, whole_number
+from jizhi.commands._args import add_overrides, non_negative_float, positive_float, whole_number
 from simulator.errors import InputError
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--subwindow",
-        type=_non_negative_float,
+        type=non_negative_float,
         default=30.0,
         help="shortest sub-window in seconds (30): Ray exports each process's metrics every "
         "few seconds, so shorter ones are lumpy",
@@ -75,16 +75,6 @@ def _at_least_two(text: str) -> int:
     value = whole_number(text)
     if value < 2:
         raise argparse.ArgumentTypeError(f"must be >= 2: a fit needs differences (got {value})")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number (got {text!r})") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0 (got {text})")
     return value
 
 
