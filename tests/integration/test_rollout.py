@@ -38,13 +38,13 @@ def test_rollouts_under_load_keep_every_request(
     rollouts_before = read_state(controller_state).rollouts
     try:
         smaller_batches = [*SMALL, "--set", "ranker.max_batch_size=4", "--set", "features.cache_capacity=5000"]  # fmt: skip
-        assert (
-            main(["rollout", EXAMPLE_SPEC, "--model", str(served), *smaller_batches, *WINDOW]) == 0
-        )
-        # every batch now waits 2 s for 64 requests it never gets: p99 far worse, rolled back
+        # a generous tolerance: the p99 of ~120 requests on a shared machine is noisy
+        good = [*smaller_batches, *WINDOW, "--tolerance", "2.0"]
+        assert main(["rollout", EXAMPLE_SPEC, "--model", str(served), *good]) == 0
+        # every batch now waits 1 s for 64 requests it never gets: p99 ≥ 1 s against ~0.1-0.4 s
         slow = [*SMALL, "--set", "ranker.max_batch_size=64", "--set", "ranker.max_ongoing_requests=64",
-                "--set", "ranker.batch_wait_timeout_s=2.0"]  # fmt: skip
-        assert main(["rollout", EXAMPLE_SPEC, "--model", str(served), *slow, *WINDOW]) == 1
+                "--set", "ranker.batch_wait_timeout_s=1.0", *WINDOW, "--tolerance", "0.5"]  # fmt: skip
+        assert main(["rollout", EXAMPLE_SPEC, "--model", str(served), *slow]) == 1
         assert load.wait(timeout=DURATION_S + 60) == 0
     finally:
         if load.poll() is None:
