@@ -12,7 +12,7 @@ from enum import Enum
 
 from autotune import _fitting
 from autotune._windows import SubWindow
-from serving.monitoring.live import Window, summarize
+from serving.monitoring.live import Window, in_flight_change, summarize
 from simulator.cache import CachePolicy
 from simulator.errors import InputError
 from simulator.service import mean_seconds
@@ -146,10 +146,16 @@ class Fits:
     # -- workload, node, proxy ------------------------------------------------------------------
 
     def rate(self) -> None:
-        counts = self.counts(_HTTP)
+        """Arrivals: requests answered plus the growth of those in flight (under overload the
+        answered rate is the capacity, not the load)."""
+        answered = self.counts(_HTTP)
+        growth = [in_flight_change(s.window) for s in self.subs]
+        counts = [max(0.0, a + g) for a, g in zip(answered, growth, strict=True)]
         rate, se = _fitting.ratio(counts, self.seconds)
         workload = self.spec.workload
-        note = f"{sum(counts):.0f} requests in {sum(self.seconds):.0f} s"
+        note = f"{sum(answered):.0f} requests answered in {sum(self.seconds):.0f} s"
+        if sum(growth):
+            note += f", {sum(growth):+.0f} in flight"
         if workload.arrival is ArrivalProcess.SCHEDULE:
             segments = workload.schedule
             factor = sum(s.duration_s * s.rate_factor for s in segments) / sum(

@@ -98,6 +98,7 @@ class Traffic:
     shed_rate: float
     p50_s: float
     p99_s: float
+    offered_per_s: float = math.nan  # arrivals: answered plus the growth of those in flight
 
     @classmethod
     def of(cls, stats: LiveStats) -> Traffic:
@@ -108,6 +109,7 @@ class Traffic:
             stats.shed_rate,
             stats.p50_s,
             stats.p99_s,
+            stats.offered_per_s,
         )
 
     @property

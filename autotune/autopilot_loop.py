@@ -61,14 +61,15 @@ Recalibrate = Callable[[PipelineSpec, LiveStats, list[Snapshot]], PipelineSpec]
 
 
 def rate_only(spec: PipelineSpec, stats: LiveStats, snapshots: list[Snapshot]) -> PipelineSpec:
-    """The least calibration: Poisson arrivals at the live request rate (answered, shed and failed
-    requests alike: the offered load). A fuller one fits service times too, with this signature."""
-    if not stats.requests_per_s > 0:
+    """The least calibration: Poisson arrivals at the live offered rate (answered, shed and failed
+    requests alike, plus the growth of those in flight: an overloaded service answers at its
+    capacity, not at its load). A fuller one fits service times too, with this signature."""
+    if not stats.offered_per_s > 0:
         raise ValueError("no requests in the window to take the rate from")
     workload = spec.workload.model_copy(
         update={
             "arrival": ArrivalProcess.POISSON,
-            "rate_rps": stats.requests_per_s,
+            "rate_rps": stats.offered_per_s,
             "schedule": [],
             "trace_file": None,
         }
@@ -98,13 +99,14 @@ class Tuned:
 
 @dataclass(frozen=True)
 class PilotIO:
-    """The loop's I/O. `tune(spec, warm configs, iteration)`; `roll_out(spec, new, old)` applies,
-    verifies and keeps or restores (serving.rollout) and says how it ended."""
+    """The loop's I/O. `tune(spec, warm configs, iteration)`; `roll_out(spec, new, old, stats)`
+    applies, verifies and keeps or restores (serving.rollout) and says how it ended — `stats` is
+    the interval's window of the live config, the rollout's before."""
 
     measure: Measure
     tune: Callable[[PipelineSpec, Sequence[ServingConfig], int], Tuned]
     predict: Callable[[PipelineSpec, ServingConfig], Prediction]
-    roll_out: Callable[[PipelineSpec, ServingConfig, ServingConfig], RolloutOutcome]
+    roll_out: Callable[[PipelineSpec, ServingConfig, ServingConfig, LiveStats], RolloutOutcome]
     recalibrate: Recalibrate = rate_only
     generation: Callable[[], int] = lambda: 0
     record: Callable[[Action, AutopilotError | None], None] = lambda action, error: None
@@ -207,7 +209,7 @@ def _look(
         why = f"calibration: {_describe(exc)}"
         return _Look(started, ended, stats, error=AutopilotError.CALIBRATION, why=why)
     began = time.perf_counter()
-    io.say(f"[{iteration}] tuning at {stats.requests_per_s:.1f} req/s ...")
+    io.say(f"[{iteration}] tuning at {calibrated.workload.rate_rps:.1f} req/s ...")
     try:
         prediction = io.predict(calibrated, live)
         tuned = io.tune(calibrated, warm, iteration)
@@ -224,7 +226,7 @@ def _look(
     tune_s = time.perf_counter() - began
     look = _Look(started, ended, stats, calibrated, prediction, tuned, tune_s=tune_s)
     if tuned.winner is None or tuned.prediction is None:
-        why = f"no config holds the constraints at {stats.requests_per_s:.1f} req/s"
+        why = f"no config holds the constraints at {calibrated.workload.rate_rps:.1f} req/s"
         return replace(look, error=AutopilotError.NO_FEASIBLE, why=why)
     return look
 
@@ -279,8 +281,8 @@ class _Loop:
         )
         self.previous = None
         if decision.action is not Action.HOLD and tuned is not None and tuned.winner is not None:
-            assert look.spec is not None
-            row = self._roll_out(row, look.spec, tuned.winner)
+            assert look.spec is not None and look.stats is not None
+            row = self._roll_out(row, look.spec, tuned.winner, look.stats)
         if tuned is not None and tuned.winner is not None:
             self.warm = [self.live, *tuned.best][:WARM_CONFIGS]
         try:
@@ -289,11 +291,11 @@ class _Loop:
             io.say(f"warning: could not record the interval for jizhi's exporter: {exc}")
         return row
 
-    def _roll_out(self, row: Row, spec: PipelineSpec, new: ServingConfig) -> Row:
+    def _roll_out(self, row: Row, spec: PipelineSpec, new: ServingConfig, stats: LiveStats) -> Row:
         io = self.io
         io.say(f"[{row.iteration}] {row.action.value}: {row.reason}")
         try:
-            outcome = io.roll_out(spec, new, self.live)
+            outcome = io.roll_out(spec, new, self.live, stats)
         except KeyboardInterrupt:
             io.say("interrupted during the rollout: the live config was kept")
             raise

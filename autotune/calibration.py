@@ -6,6 +6,8 @@ cores and the share of its CPU left to the pipeline (`node.speed`); the proxy's 
 each stage's CPU per request or, for a batched stage, per batch = base + per_row × rows; the
 parameter store's base and per-key latency; the Zipf exponent that explains the cache hit rate.
 `calibrated_spec(spec, calibration)` writes them into the spec. No I/O: `jizhi calibrate` fetches.
+The node's speed and the spread of CPU work show only in latency: `autotune.latency_fit` fits
+them by simulation.
 
 CPU is what Ray's agent reports per process (`ray_component_cpu_percentage`, psutil's CPU % over
 its last 5 s sample): CPU seconds, what a stage costs on a node whose cores it shares. Counts are
@@ -25,8 +27,7 @@ from typing import Any
 
 from autotune._fits import Fits, Fitted, Status, hosts_of, stage_deployments
 from autotune._windows import subwindows
-from serving.monitoring.live import Labels, LiveStats, Snapshot, replica_component
-from simulator.load import validate_spec
+from serving.monitoring.live import Labels, Snapshot, replica_component
 from simulator.spec import PipelineSpec
 
 __all__ = [
@@ -36,13 +37,13 @@ __all__ = [
     "Status",
     "calibrate",
     "calibrated_spec",
-    "recalibrate",
     "stage_deployments",
     "trim",
 ]
 
 NEEDED_METRICS = (
     "ray_serve_num_http_requests_total",
+    "ray_serve_num_ongoing_http_requests",
     "ray_serve_http_request_latency_ms_bucket",
     "ray_serve_http_request_latency_ms_count",
     "ray_serve_http_request_latency_ms_sum",
@@ -58,7 +59,6 @@ NEEDED_METRICS = (
     "ray_node_cpu_count",
     "ray_node_cpu_utilization",
 )
-_AUTOPILOT_SUBWINDOW_S = 20.0  # Ray exports each process's metrics every few seconds
 # Labels that name a session or an exporter, not a series that calibration tells apart.
 _NOISE_LABELS = frozenset(
     {
@@ -170,13 +170,6 @@ def calibrate(
     return Calibration(
         application, subs[0].start, subs[-1].end, len(subs), tuple(fit.out), tuple(notes)
     )
-
-
-def recalibrate(spec: PipelineSpec, stats: LiveStats, snapshots: list[Snapshot]) -> PipelineSpec:
-    """`calibrate` then `calibrated_spec`, validated: the autopilot's `Recalibrate` signature
-    (`stats` is not needed: everything comes from the snapshots)."""
-    data = calibrated_spec(spec, calibrate(spec, snapshots, min_subwindow_s=_AUTOPILOT_SUBWINDOW_S))
-    return validate_spec(data, "the calibrated spec")
 
 
 def calibrated_spec(spec: PipelineSpec, calibration: Calibration) -> dict[str, Any]:

@@ -2,10 +2,13 @@
 
 A point is a list of values in the optimiser's units, one per dimension. Every point decodes to a
 config Ray Serve accepts without a warning: `max_ongoing_requests ≥ max_batch_size ×
-max_concurrent_batches` holds by construction. When `max_ongoing_requests` is tuned, its dimension
-is a *headroom* u ∈ [0, 1] placed between that product and the knob's upper bound (log-scaled
-when the knob is), so the optimiser searches a rectangle and never proposes a config it must
-repair; when it is not tuned, it is raised to the product.
+max_concurrent_batches` holds by construction for every stage whose batch shape (max_batch_size or
+max_concurrent_batches) is tuned. When `max_ongoing_requests` is tuned, its dimension is a
+*headroom* u ∈ [0, 1] placed between that product and the knob's upper bound (log-scaled when the
+knob is), so the optimiser searches a rectangle and never proposes a config it must repair; when it
+is not tuned, it is raised to the product. A stage whose batching the spec fixes keeps the spec's
+values, even a `max_ongoing_requests` below the product (its batches never fill and wait out the
+timeout: the simulator models that, and the tuner changes only what it is asked to tune).
 """
 
 from __future__ import annotations
@@ -80,6 +83,15 @@ class SearchSpace:
         self.dimensions: tuple[Dimension, ...] = tuple(
             _dimension(path, spec.tuning.knobs[path]) for path in paths
         )
+        # stages whose max_ongoing_requests must make room for a tuned batch shape
+        self._batch_shaped = sorted(
+            {
+                d.stage
+                for d in self.dimensions
+                if d.knob in ("max_batch_size", "max_concurrent_batches", "max_ongoing_requests")
+            },
+            key=order.__getitem__,
+        )
 
     def __len__(self) -> int:
         return len(self.dimensions)
@@ -103,7 +115,8 @@ class SearchSpace:
                 knobs[dim.stage][dim.knob] = float(value)
             else:
                 knobs[dim.stage][dim.knob] = value
-        for values in knobs.values():
+        for name in self._batch_shaped:
+            values = knobs[name]
             need = values["max_batch_size"] * values["max_concurrent_batches"]
             values["max_ongoing_requests"] = max(values["max_ongoing_requests"], need)
         for dim, u in headrooms:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from autotune.autopilot import Action, Policy
+from autotune.autopilot import Action, Policy, Traffic
 from autotune.autopilot_loop import Row
 
 __all__ = ["HEADER", "format_row", "plot_timeline", "write_timeline"]
@@ -32,6 +32,11 @@ def _number(value: float | None, scale: float = 1.0, digits: int = 1) -> str:
     return f"{value * scale:.{digits}f}"
 
 
+def _offered(traffic: Traffic) -> float:
+    """The arrival rate (timelines written before it was recorded: the answered rate)."""
+    return traffic.requests_per_s if math.isnan(traffic.offered_per_s) else traffic.offered_per_s
+
+
 def format_row(row: Row) -> str:
     """One line of the table: time, live traffic, generation, live cost, action and why."""
     traffic = row.observation.traffic
@@ -44,7 +49,7 @@ def format_row(row: Row) -> str:
         why += f" (rollout {row.rollout.value})"
     return (
         f"{row.iteration:>3} {clock:<8} "
-        f"{_number(None if traffic is None else traffic.requests_per_s):>6} "
+        f"{_number(None if traffic is None else _offered(traffic)):>6} "
         f"{_number(None if traffic is None else traffic.p50_s, 1e3):>7} "
         f"{_number(None if traffic is None else traffic.p99_s, 1e3):>7} "
         f"{'-' if traffic is None else f'{traffic.shed_rate:.2%}':>6} "
@@ -103,8 +108,11 @@ def plot_timeline(path: Path, rows: Sequence[Row], policy: Policy) -> None:
                 None if r.observation.traffic is None else getattr(r.observation.traffic, name)
             )
 
-        rate = series(traffic("requests_per_s"))
-        traffic_ax.plot(mid, rate, "o-", color="tab:blue", label="live req/s")
+        rate = series(lambda r: None if r.observation.traffic is None else _offered(
+            r.observation.traffic))  # fmt: skip
+        traffic_ax.plot(mid, rate, "o-", color="tab:blue", label="arriving req/s")
+        traffic_ax.plot(mid, series(traffic("requests_per_s")), ".:", color="tab:cyan",
+                        label="answered req/s")  # fmt: skip
         shed_ax = traffic_ax.twinx()
         shed_ax.plot(mid, series(traffic("shed_rate"), 100), "x:", color="tab:orange",
                      label="shed %")  # fmt: skip

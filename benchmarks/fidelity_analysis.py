@@ -8,8 +8,9 @@
    (features apart) less with one (features in the ranker); it becomes `overhead.hop` (CPU work on
    the node) and comes out of the Ingress's own cost.
 3. `node.speed` (the share of a core the pipeline gets on a shared node) and one `cv` for every
-   piece of CPU work are fitted, alternately, so that the calibration cases' median log error of
-   p50 and of p99 is zero. CPU gauges show neither: only latency does.
+   piece of CPU work are fitted by `autotune.latency_fit` (what `jizhi calibrate` runs on one
+   window) so that the calibration cases' median log error of p50 and of p99 is zero. CPU gauges
+   show neither: only latency does.
 4. Every case — calibration and held-out — is simulated with the calibrated spec, its own knobs
    and its offered rate, and compared with what the load client measured.
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.calibration import Status, calibrate, calibrated_spec
+from autotune.latency_fit import Target, fit_latency
 from serving.monitoring.live import parse
 from simulator import load_spec, simulate
 from simulator.config import with_overrides
@@ -41,8 +43,7 @@ NOT_POOLED = ("workload.rate_rps",)  # each case is simulated at its own offered
 # costs its caller (a single configuration cannot tell a hop from the handler's own work).
 CALIBRATION = ("base", "batch-32-wait-20ms", "ranker-2", "cutoff-2000")
 HOP_PAIR = ("base", "features-in-ranker")
-CPU_WORK = ("overhead.proxy", "stages.ingress.service", "stages.features.service",
-            "stages.ranker.service")  # fmt: skip
+DRIFT_CHECK = "base-again"  # simulator_fidelity.py's repeat of base at the end of the run
 
 
 def _fused(assignments: list[str]) -> bool:
@@ -113,35 +114,16 @@ def _pooled_spec(
     return validate_spec(data, source="pooled calibration"), pooled, values
 
 
+def _case_spec(spec: Any, case: dict[str, Any], speed: float | None = None) -> Any:
+    """The spec with the case's knobs, its offered rate and (given) the node's speed."""
+    assignments = [*case["assignments"], f"workload.rate_rps={case['rate']}"]
+    return with_overrides(spec, assignments + ([f"node.speed={speed}"] if speed else []))
+
+
 def _simulate(spec: Any, case: dict[str, Any], speed: float) -> Any:
-    assignments = [*case["assignments"], f"workload.rate_rps={case['rate']}", f"node.speed={speed}"]
     return simulate(
-        with_overrides(spec, assignments), requests=REQUESTS, warmup_requests=WARMUP, seed=0
+        _case_spec(spec, case, speed), requests=REQUESTS, warmup_requests=WARMUP, seed=0
     )
-
-
-def _fit_speed(spec: Any, cases: list[dict[str, Any]]) -> float:
-    """The share of a core the pipeline's work gets, fitted so that the calibration cases' median
-    log ratio of simulated to measured p50 is zero (bisection). The CPU gauges give each process's
-    CPU seconds, not how long it waited for a core on a node shared with other work: that wait is
-    what `node.speed` stands for, and only latency shows it."""
-
-    def bias(speed: float) -> float:
-        return statistics.median(
-            math.log(_simulate(spec, c, speed).latency.p50_s / c["load"]["latency_s"]["p50"])
-            for c in cases
-        )
-
-    low, high = 0.05, 1.0
-    if bias(high) >= 0:
-        return high
-    for _ in range(10):
-        mid = math.sqrt(low * high)
-        if bias(mid) > 0:
-            low = mid
-        else:
-            high = mid
-    return math.sqrt(low * high)
 
 
 def _with(spec: Any, patch: dict[str, Any]) -> Any:
@@ -156,20 +138,6 @@ def _with(spec: Any, patch: dict[str, Any]) -> Any:
             )
         node[parts[-1]] = value
     return validate_spec(data, source="fidelity")
-
-
-def _cv_patch(spec: Any, cv: float) -> dict[str, Any]:
-    patch: dict[str, Any] = {}
-    data = spec.model_dump(mode="json", exclude_none=True)
-    for path in (*CPU_WORK, "overhead.hop"):
-        node: Any = data
-        for part in path.split("."):
-            node = (
-                next(s for s in node if s["name"] == part) if isinstance(node, list) else node[part]
-            )
-        if "cv" in node:
-            patch[f"{path}.cv"] = cv
-    return patch
 
 
 def _hop_cpu(spec_path: str, workload: list[str], cases: list[dict[str, Any]]) -> float:
@@ -187,32 +155,6 @@ def _hop_cpu(spec_path: str, workload: list[str], cases: list[dict[str, Any]]) -
             rates.append(fitted.get("workload.rate_rps").value)
         per_config.append(_marginal(values, rates))
     return max(per_config[0] - per_config[1], 0.0)
-
-
-def _fit_cv(spec: Any, cases: list[dict[str, Any]], speed: float) -> float:
-    """One coefficient of variation for every piece of CPU work, fitted so that the calibration
-    cases' median log ratio of simulated to measured p99 is zero (bisection). On a node shared
-    with other work, the time a piece of work takes varies far more than its CPU seconds do."""
-
-    def bias(cv: float) -> float:
-        patched = _with(spec, _cv_patch(spec, cv))
-        return statistics.median(
-            math.log(_simulate(patched, c, speed).latency.p99_s / c["load"]["latency_s"]["p99"])
-            for c in cases
-        )
-
-    low, high = 0.05, 3.0
-    if bias(low) >= 0:
-        return low
-    if bias(high) <= 0:
-        return high
-    for _ in range(10):
-        mid = math.sqrt(low * high)
-        if bias(mid) < 0:
-            low = mid
-        else:
-            high = mid
-    return math.sqrt(low * high)
 
 
 def _rel(predicted: float | None, measured: float | None) -> float:
@@ -249,13 +191,16 @@ def analyze(raw: dict[str, Any], out_dir: Path) -> dict[str, Any]:
           f"{HOP_PAIR[1]}); the Ingress's own work {own * 1e3:.2f} ms")  # fmt: skip
     spec = _with(spec, {"overhead.hop": {"model": "lognormal", "mean_s": hop, "cv": 0.3},
                         "stages.ingress.service.base_s": max(own, 1e-5)})  # fmt: skip
-    cv = 0.3
-    for _ in range(2):  # the two interact (a wider spread lowers the median): alternate
-        speed = _fit_speed(_with(spec, _cv_patch(spec, cv)), calibration_cases)
-        cv = _fit_cv(spec, calibration_cases, speed)
-    spec = _with(spec, _cv_patch(spec, cv))
+    targets = [
+        Target(_case_spec(spec, c), c["load"]["latency_s"]["p50"], c["load"]["latency_s"]["p99"])
+        for c in calibration_cases
+    ]
+    fit = fit_latency(targets, requests=REQUESTS, warmup_requests=WARMUP, say=print)
+    speed, cv = fit.speed, fit.cv
+    spec = _with(spec, {f"{path}.cv": cv for path in fit.cv_paths})
     print(f"  node.speed = {speed:.3f} (fitted to the calibration cases' p50)")
     print(f"  cv of every piece of CPU work = {cv:.2f} (fitted to the calibration cases' p99)")
+    print(*(f"  note: {n}" for n in fit.notes), sep="\n")
     rows = []
     for case in cases:
         report = _simulate(spec, case, speed)
@@ -270,11 +215,12 @@ def analyze(raw: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         }  # fmt: skip
         rows.append({
             "config": case["config"], "rate": case["rate"],
-            "set": "calibration" if case["config"] in chosen else "held-out",
+            "set": _set_of(case["config"], chosen),
             "measured": measured, "predicted": predicted,
             "error": {k: _rel(predicted[k], measured[k]) for k in measured},
         })  # fmt: skip
     _print(rows)
+    drift = _drift(rows)
     summary = _summary(rows)
     for name, s in summary.items():
         print(f"{name}: " + ", ".join(f"{k} {v:+.2f}" if "rank" in k else f"{k} {v:.1%}"
@@ -284,11 +230,37 @@ def analyze(raw: dict[str, Any], out_dir: Path) -> dict[str, Any]:
                        "cv": cv},
         "cases": rows,
         "summary": summary,
+        "drift": drift,
     }  # fmt: skip
     (out_dir / "fidelity.json").write_text(json.dumps(result, indent=2))
     _plot(rows, out_dir / "fidelity.png")
     print(f"wrote {out_dir / 'fidelity.json'} and {out_dir / 'fidelity.png'}")
     return result
+
+
+def _set_of(config: str, chosen: set[str]) -> str:
+    if config == DRIFT_CHECK:
+        return "drift check"
+    return "calibration" if config in chosen else "held-out"
+
+
+def _drift(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """How much the base config's measurement moved between the run's start and its end: the
+    measurement's own noise, the floor under any prediction error."""
+    first = {r["rate"]: r["measured"] for r in rows if r["config"] == "base"}
+    again = {r["rate"]: r["measured"] for r in rows if r["config"] == DRIFT_CHECK}
+    drift: dict[str, float] = {}
+    for rate in sorted(set(first) & set(again)):
+        for k in ("p50", "p99"):
+            a, b = first[rate][k], again[rate][k]
+            if a and b:
+                drift[f"{k} at {rate:g} req/s"] = b / a - 1
+    if drift:
+        print("drift check, base measured again at the end: " + ", ".join(
+            f"{k} {v:+.0%}" for k, v in drift.items()))  # fmt: skip
+    else:
+        print("no drift check in this run (base-again not measured)")
+    return drift
 
 
 def _print(rows: list[dict[str, Any]]) -> None:
@@ -306,7 +278,9 @@ def _print(rows: list[dict[str, Any]]) -> None:
 def _summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     out: dict[str, dict[str, float]] = {}
     for name in ("calibration", "held-out", "all"):
-        chosen = [r for r in rows if name == "all" or r["set"] == name]
+        chosen = [
+            r for r in rows if r["set"] == name or (name == "all" and r["set"] != "drift check")
+        ]
         s: dict[str, float] = {}
         for k in ("p50", "p99", "rps"):
             errors = [abs(r["error"][k]) for r in chosen if math.isfinite(r["error"][k])]

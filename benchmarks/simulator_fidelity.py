@@ -62,6 +62,8 @@ CONFIGS: dict[str, tuple[str, ...]] = {
                        "ranker.batch_wait_timeout_s=0.002"),
     "ingress-2": ("ingress.replicas=2",),
 }  # fmt: skip
+# The base config once more at the end: how far the machine itself drifted over the run.
+DRIFT_CHECK = "base-again"
 RATES = (4.0, 10.0)
 SNAPSHOT_S = 2.0
 SETTLE_S = 6.0  # after a deploy: replicas up, and two metric reports of the new config
@@ -126,10 +128,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     cases: list[dict[str, Any]] = []
     began = time.monotonic()
     try:
-        for c, (name, overrides) in enumerate(CONFIGS.items()):
+        plan = [*CONFIGS.items(), (DRIFT_CHECK, CONFIGS["base"])]
+        for c, (name, overrides) in enumerate(plan):
             assignments = [*BASE, *overrides]
             sets = [item for a in assignments for item in ("--set", a)]
-            say(f"[{c + 1}/{len(CONFIGS)}] {name}: deploying ...")
+            say(f"[{c + 1}/{len(plan)}] {name}: deploying ...")
             assert jizhi(["serve", str(SPEC), "--model", str(model), *sets]) == 0
             time.sleep(SETTLE_S)
             warmup = args.raw.parent / "warmup.json"

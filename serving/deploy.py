@@ -74,13 +74,6 @@ def serve_config(
             f"stages.{ingress.name}: in_ranker serves the protocol from the ranker's replicas, "
             f"which needs the lookup there too: set {features.name}.in_ranker=true"
         )
-    need = ranker.max_batch_size * ranker.max_concurrent_batches
-    if ranker.max_ongoing_requests < need:
-        raise InputError(
-            f"stages.{ranker.name}: max_ongoing_requests {ranker.max_ongoing_requests} < "
-            f"max_batch_size × max_concurrent_batches = {need}; Ray would cap every batch at "
-            f"{ranker.max_ongoing_requests}: raise max_ongoing_requests"
-        )
     args = AppArgs(
         model_dir=model_dir,
         model_name=model_name,

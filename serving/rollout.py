@@ -7,6 +7,11 @@ old one did not either) and is not worse than the old one beyond a tolerance; ot
 config is applied again. A deploy that fails is rolled back too. Ctrl-C while the new config is
 being verified rolls back before it returns, so the service is left on a config that was judged.
 
+Under overload latency measures the queue, not the config: when the old config's window shows
+requests piling up (`overloaded`), the requests answered after the change waited mostly in the
+queue the old config built, so the new config is judged by how many requests per second it
+answers — a capacity raise drains the queue faster — not by their p99.
+
 `judge` is pure; `rollout` takes the I/O as two callables (apply a Serve config and wait until it
 runs; measure a window of live traffic), so its rules are unit-tested without Ray.
 """
@@ -22,8 +27,18 @@ from typing import Any
 from serving.monitoring.exporter import RolloutOutcome
 from serving.monitoring.live import LiveStats
 
-__all__ = ["RolloutRecord", "Thresholds", "Verdict", "judge", "rollout", "stats_dict"]
+__all__ = [
+    "RolloutRecord",
+    "Thresholds",
+    "Verdict",
+    "judge",
+    "overloaded",
+    "rollout",
+    "stats_dict",
+]
 
+OVERLOAD_GROWTH = 0.1  # in flight grew by this share of the requests answered: overloaded
+MIN_PILE_UP = 5.0  # requests; fewer is noise of the gauge's sampling
 Apply = Callable[[dict[str, Any]], None]
 Measure = Callable[[float], LiveStats]
 
@@ -46,6 +61,13 @@ def _ms(seconds: float) -> str:
     return "n/a" if math.isnan(seconds) else f"{seconds * 1e3:.1f} ms"
 
 
+def overloaded(stats: LiveStats) -> bool:
+    """Requests piled up over the window: those in flight grew by more than `OVERLOAD_GROWTH` of
+    those answered (and by at least `MIN_PILE_UP`)."""
+    answered = stats.requests_per_s * stats.window_s
+    return stats.in_flight_change > max(OVERLOAD_GROWTH * answered, MIN_PILE_UP)
+
+
 def judge(before: LiveStats | None, after: LiveStats, limits: Thresholds) -> Verdict:
     """Keep (APPLIED) or roll back (ROLLED_BACK) the new config, and why."""
     if not after.busy:
@@ -54,15 +76,22 @@ def judge(before: LiveStats | None, after: LiveStats, limits: Thresholds) -> Ver
             (f"too little traffic to verify ({after.ok_per_s * after.window_s:.0f} requests)",),
         )
     reasons: list[str] = []
+    queued = before is not None and before.busy and overloaded(before)
     had_slo = before is not None and before.busy and before.p99_s <= limits.slo_p99_s
     if after.p99_s > limits.slo_p99_s and (before is None or not before.busy or had_slo):
         reasons.append(f"p99 {_ms(after.p99_s)} breaks the SLO ({_ms(limits.slo_p99_s)})")
-    if before is not None and before.busy:
-        if after.p99_s > before.p99_s * (1 + limits.tolerance):
+    if before is not None and queued:
+        if after.requests_per_s < before.requests_per_s * (1 - limits.tolerance):
             reasons.append(
-                f"p99 {_ms(after.p99_s)} is worse than the old config's {_ms(before.p99_s)} "
-                f"by more than {limits.tolerance:.0%}"
+                f"answers {after.requests_per_s:.1f} req/s where the overloaded old config "
+                f"answered {before.requests_per_s:.1f} (by more than {limits.tolerance:.0%} less)"
             )
+    elif before is not None and before.busy and after.p99_s > before.p99_s * (1 + limits.tolerance):
+        reasons.append(
+            f"p99 {_ms(after.p99_s)} is worse than the old config's {_ms(before.p99_s)} "
+            f"by more than {limits.tolerance:.0%}"
+        )
+    if before is not None and before.busy:
         if after.shed_rate > max(before.shed_rate + limits.error_margin, limits.max_shed_rate):
             reasons.append(
                 f"shed rate {after.shed_rate:.2%} (old {before.shed_rate:.2%}, "
@@ -74,6 +103,12 @@ def judge(before: LiveStats | None, after: LiveStats, limits: Thresholds) -> Ver
         reasons.append(f"shed rate {after.shed_rate:.2%} over {limits.max_shed_rate:.2%}")
     if reasons:
         return Verdict(RolloutOutcome.ROLLED_BACK, tuple(reasons))
+    if queued and before is not None:
+        return Verdict(
+            RolloutOutcome.APPLIED,
+            (f"the old config was overloaded; the new one answers {after.requests_per_s:.1f} "
+             f"req/s (old {before.requests_per_s:.1f}) with no more shed or errors",),
+        )  # fmt: skip
     return Verdict(RolloutOutcome.APPLIED, ("holds the SLO and is no worse than the old config",))
 
 
@@ -115,13 +150,17 @@ def rollout(
     window_s: float,
     settle_s: float,
     predicted: dict[str, float] | None = None,
+    before: LiveStats | None = None,
     say: Callable[[str], None] = print,
     sleep: Callable[[float], None] = time.sleep,
 ) -> RolloutRecord:
-    """Apply `new_config` in place, verify it for `window_s`, keep it or restore `old_config`."""
+    """Apply `new_config` in place, verify it for `window_s`, keep it or restore `old_config`.
+    `before`: the live config's figures when the caller has just measured them (the autopilot's
+    interval, which is why it rolls out: not measured again, so capacity comes sooner)."""
     started = time.time()
-    say(f"measuring the live config for {window_s:.0f} s ...")
-    before = measure(window_s)
+    if before is None:
+        say(f"measuring the live config for {window_s:.0f} s ...")
+        before = measure(window_s)
     say(f"  before: {_line(before)}")
     after: LiveStats | None = None
     try:

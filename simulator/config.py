@@ -188,7 +188,8 @@ def config_warnings(spec: PipelineSpec) -> list[str]:
         if wanted > s.max_ongoing_requests:
             warnings.append(
                 f"stages.{s.name}: max_batch_size × max_concurrent_batches = {wanted} exceeds "
-                f"max_ongoing_requests = {s.max_ongoing_requests}; like Ray Serve, batches are "
-                f"capped at {s.max_ongoing_requests} requests in flight per replica"
+                f"max_ongoing_requests = {s.max_ongoing_requests}; as in Ray Serve, a replica "
+                f"holds at most {s.max_ongoing_requests} requests, so its batches wait out "
+                "batch_wait_timeout_s short of full"
             )
     return warnings

@@ -4,15 +4,20 @@ Each rule is Ray Serve's own (ray 2.60, python/ray/serve):
 - Router (`request_router/pow_2_router.py`): a request goes to one of two replicas sampled at
   random, the one with fewer ongoing requests, and never to a replica already holding
   `max_ongoing_requests`. Ray samples from all replicas and retries with back-off when both are
-  full; here the two are sampled among replicas with room, and a waiting request is placed the
-  moment a slot frees (the back-off delay is not modelled). Waiting requests queue FIFO at the
-  router; past `max_queued_requests` (-1 = unbounded) a new request is rejected — the proxy's
+  full; here the two are sampled among replicas with room, and a waiting request gets a freed
+  slot at one of the router's retries (`request_router.py`, `spec.router`): up to
+  min(waiting, 2 × replicas, `max_tasks`) routing tasks retry after 25 ms × 2^k (at most 0.5 s),
+  each placing the oldest waiting requests while replicas have room and starting its back-off
+  over after it placed one; nothing wakes them when a slot frees, so a slot can stay empty until
+  the next retry (`router.initial_backoff_s: 0`: placed at once). Waiting requests queue FIFO at
+  the router; past `max_queued_requests` (-1 = unbounded) a new request is rejected — the proxy's
   HTTP 503 — and counted as shed. One router per stage stands for all its callers.
 - Replica (`batching.py`, `_BatchQueue`): requests enter the replica's batch queue. The batching
   loop takes the first waiting request, then the batch closes when it holds `max_batch_size`
   requests or `batch_wait_timeout_s` after that first request, whichever is first; the loop then
   starts the next batch at once. A closed batch waits on a semaphore of `max_concurrent_batches`.
-  Because a replica never holds more than `max_ongoing_requests`, no batch can exceed it either.
+  Because a replica never holds more than `max_ongoing_requests`, no batch can exceed it either;
+  when that is below `max_batch_size` a batch never fills and always waits out the timeout.
 - Feature stage: when a batch starts, its requests' keys are cut (popularity rank ≥ cutoff_rank
   is skipped) and replayed through the replica's own cache (`simulator.cache`, the one the
   serving path uses); the distinct misses cost one parameter-store multi-get.
@@ -70,6 +75,7 @@ from simulator.zipf import ZipfSampler
 __all__ = ["simulate"]
 
 _KEY_BLOCK = 1 << 18
+_BACKOFF_STEPS = 32  # retries past the last of these wait the last one
 
 
 class _Request:
@@ -119,7 +125,7 @@ class _Stage:
         self.next: _Stage | None = None
         self.max_ongoing = spec.max_ongoing_requests
         self.max_queued = spec.max_queued_requests
-        self.max_batch = min(spec.max_batch_size, spec.max_ongoing_requests)
+        self.max_batch = spec.max_batch_size  # the replica's cap keeps batches within it
         self.wait_s = spec.batch_wait_timeout_s
         self.max_concurrent = spec.max_concurrent_batches
         rngs = rng.spawn(4)
@@ -156,6 +162,13 @@ class _Stage:
             for i in range(spec.replicas)
         ]
         self.queue: deque[_Request] = deque()  # the router's FIFO
+        router = sim.spec.router
+        self.backoff = tuple(
+            min(router.initial_backoff_s * router.backoff_multiplier**k, router.max_backoff_s)
+            for k in range(_BACKOFF_STEPS)
+        )
+        self.max_tasks = min(router.max_tasks, 2 * spec.replicas)
+        self.tasks = 0  # routing tasks retrying for waiting requests
         self.trace = sim.trace
         # statistics (window = measured part)
         self.latency = array("d")
@@ -212,6 +225,38 @@ class _Stage:
             self.trace.append((now, "queue", self.name, req.index))
         self.in_stage += 1
         self.queue.append(req)
+        if self.backoff[0] > 0.0 and self.tasks < min(len(self.queue), self.max_tasks):
+            self.tasks += 1  # a routing task for it, which just found every replica full
+            self._retry_after(0)
+
+    def _retry_after(self, attempt: int) -> None:
+        step = self.backoff[min(attempt, _BACKOFF_STEPS - 1)]
+        retry = self.sim.env.timeout(step, attempt)
+        retry.callbacks.append(self._on_retry)
+
+    def _on_retry(self, event: simpy.Event) -> None:
+        """A routing task wakes: place the oldest waiting requests while replicas have room, then
+        back off again (from the start if it placed one), or end when nothing waits or the router
+        runs more tasks than its waiting requests call for."""
+        attempt = cast(int, event.value)
+        queue = self.queue
+        placed = False
+        if queue:
+            now = self.sim.env.now
+            dt = now - self.t_last
+            self.area_in_stage += self.in_stage * dt
+            self.area_queue += len(queue) * dt
+            self.t_last = now
+            while queue:
+                target = self._pick()
+                if target is None:
+                    break
+                self._assign(target, queue.popleft())
+                placed = True
+        if not queue or self.tasks > min(len(queue), self.max_tasks):
+            self.tasks -= 1
+            return
+        self._retry_after(0 if placed else attempt + 1)
 
     def _pick(self) -> _Replica | None:
         """Power of two choices: the less loaded of two random replicas, if it has room.
@@ -369,9 +414,10 @@ class _Stage:
                 self.queue_wait.append(req.started - req.entered)
         if replica.ready:
             self._execute(replica, replica.ready.popleft())
-        # Freed slots go to requests waiting at the router, oldest first.
+        # Freed slots go to requests waiting at the router, oldest first: at once when the router
+        # does not back off, else at its routing tasks' next retries (`_on_retry`).
         queue = self.queue
-        while queue:
+        while queue and self.backoff[0] == 0.0:
             target = self._pick()
             if target is None:
                 break

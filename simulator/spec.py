@@ -305,6 +305,20 @@ class OverheadSpec(_Strict):
     response: ServiceTime = Deterministic(seconds=0.0)
 
 
+class RouterSpec(_Strict):
+    """How a stage's router places a request that found every replica full (Ray 2.60's
+    `request_router.py` with its `RAY_SERVE_ROUTER_RETRY_*` defaults): up to `max_tasks` routing
+    tasks (and no more than 2 per replica, or than requests waiting) retry after
+    `initial_backoff_s × backoff_multiplier^k`, at most `max_backoff_s`; a slot that frees between
+    two retries stays empty until the next one. `initial_backoff_s: 0` places a waiting request
+    the moment a slot frees (the queueing-theory idealisation)."""
+
+    initial_backoff_s: NonNegativeFloat = 0.025
+    backoff_multiplier: Annotated[float, Field(ge=1.0)] = 2.0
+    max_backoff_s: NonNegativeFloat = 0.5
+    max_tasks: PositiveInt = 50
+
+
 class NodeSpec(_Strict):
     """The machine the pipeline's processes share: CPU work queues for its cores (`simulator.node`).
 
@@ -405,6 +419,7 @@ _RESERVED_STAGE_NAMES = frozenset(
         "workload",
         "stages",
         "overhead",
+        "router",
         "node",
         "slo",
         "cost",
@@ -422,6 +437,7 @@ class PipelineSpec(_Strict):
     workload: WorkloadSpec
     stages: Annotated[list[StageSpec], Field(min_length=1)]
     overhead: OverheadSpec = OverheadSpec()
+    router: RouterSpec = RouterSpec()
     node: NodeSpec | None = None
     slo: SloSpec
     cost: CostSpec = CostSpec()

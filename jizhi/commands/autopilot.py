@@ -197,7 +197,7 @@ def _io(args: argparse.Namespace, spec: PipelineSpec, out: Path, seed: int) -> P
         )
 
     def roll_out_at(
-        calibrated: PipelineSpec, new: ServingConfig, old: ServingConfig
+        calibrated: PipelineSpec, new: ServingConfig, old: ServingConfig, before: LiveStats
     ) -> RolloutOutcome:
         record = roll_out(
             calibrated,
@@ -209,6 +209,7 @@ def _io(args: argparse.Namespace, spec: PipelineSpec, out: Path, seed: int) -> P
             settle_s=args.settle,
             tolerance=args.tolerance,
             timeout_s=args.timeout,
+            before=before,
             say=lambda line: print(f"    {line}"),
         )
         print(f"    rollout {record.outcome.value}: {'; '.join(record.reasons)}")
@@ -221,7 +222,7 @@ def _io(args: argparse.Namespace, spec: PipelineSpec, out: Path, seed: int) -> P
             return 0
 
     from autotune.autopilot_loop import rate_only
-    from autotune.calibration import recalibrate
+    from autotune.latency_fit import recalibrate
 
     full = Recalibration(args.recalibrate) is Recalibration.FULL
     return PilotIO(

@@ -4,11 +4,14 @@ Fits the spec's costs to the running service's metrics and writes the calibrated
 takes a Prometheus (`http://127.0.0.1:9090`: snapshots at `--snapshots` times over the last
 `--window` seconds), a metrics endpoint (`http://127.0.0.1:8080/metrics`: scraped that many
 times over the next `--window` seconds) or a FILE that `--record` wrote (JSON lines of snapshots).
+Then, unless `--no-latency-fit`, `node.speed` and the spread of CPU work are fitted to the window's
+p50 and p99 by simulation (`autotune.latency_fit`).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 import urllib.parse
@@ -65,7 +68,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="the parameter store is a separate service (Redis): its time is not replica CPU",
     )
-    parser.add_argument("--seed", type=whole_number, default=0, help="seed of the cache replay")
+    parser.add_argument(
+        "--latency-fit",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="fit node.speed and the spread of CPU work to the window's p50/p99 by simulation "
+        "(default; about 30 simulations)",
+    )
+    parser.add_argument(
+        "--seed", type=whole_number, default=0, help="seed of the cache replay and the simulations"
+    )
     parser.add_argument("--record", help="also write the snapshots to FILE (JSON lines)")
     parser.add_argument("--out", default="-", help="calibrated spec (YAML; default: stdout)")
     parser.set_defaults(func=run)
@@ -99,6 +111,11 @@ def run(args: argparse.Namespace) -> int:
         store_in_process=not args.remote_store,
         seed=args.seed,
     )
+    if args.latency_fit:
+        from autotune.latency_fit import with_latency_fit
+
+        say = functools.partial(print, file=sys.stderr, flush=True)
+        calibration = with_latency_fit(spec, calibration, seed=args.seed, say=say)
     data = calibrated_spec(spec, calibration)
     validate_spec(data, "the calibrated spec", Path(args.spec).resolve().parent)
     table = calibration.render_table()

@@ -97,11 +97,13 @@ def roll_out(
     settle_s: float,
     tolerance: float,
     timeout_s: float,
+    before: LiveStats | None = None,
     say: Callable[[str], None] = print,
 ) -> RolloutRecord:
     """Roll `new_config` out over the deployed `old_config` (`serving.rollout.rollout`: verify
     live, keep or restore), record every deploy and the outcome for jizhi's exporter, and append
-    the rollout to `HISTORY`. What `jizhi rollout` and `jizhi autopilot` both do."""
+    the rollout to `HISTORY`. What `jizhi rollout` and `jizhi autopilot` both do; `before`: the
+    live figures the caller just measured (else measured here for `window_s`)."""
     from jizhi.commands.serve import apply_serve_config
     from serving.monitoring.exporter import read_state, record_rollout
     from serving.rollout import Thresholds, rollout
@@ -135,6 +137,7 @@ def roll_out(
         window_s=window_s,
         settle_s=settle_s,
         predicted=predicted,
+        before=before,
         say=say,
     )
     generation = 0

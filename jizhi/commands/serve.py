@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,11 +88,13 @@ def build_serve_config(args: argparse.Namespace) -> tuple[PipelineSpec, dict[str
     """The configured spec and its Serve config."""
     from serving.deploy import serve_config
     from serving.models import read_artifact
-    from simulator import load_pipeline
+    from simulator import config_warnings, load_pipeline
 
     if not args.spec or not args.model:
         raise InputError("give a SPEC and --model DIR (and usually --config best.yaml)")
     spec = load_pipeline(args.spec, args.config, args.overrides)
+    for warning in config_warnings(spec):  # Ray deploys these too, and only warns
+        print(f"warning: {warning}", file=sys.stderr)
     model = Path(args.model).resolve()
     read_artifact(model)  # a clear error now rather than replicas failing later
     return spec, serve_config(spec, str(model), store=args.store)

@@ -235,6 +235,15 @@ class LiveStats:
     keys_cut: float = 0.0
     store_lookups: float = 0.0
     store_lookup_mean_s: float = math.nan
+    in_flight_change: float = 0.0  # requests in flight at the proxy, end of window less start
+
+    @property
+    def offered_per_s(self) -> float:
+        """Requests that arrived per second: those answered plus the growth of those in flight.
+        Under overload the answered rate is the service's capacity, not its load; this is not."""
+        if not self.window_s > 0:
+            return self.requests_per_s
+        return max(0.0, self.requests_per_s + self.in_flight_change / self.window_s)
 
     @property
     def cache_hit_rate(self) -> float:
@@ -275,6 +284,9 @@ def _latency(window: Window, app: str, statuses: Iterable[str]) -> Histogram:
         total=sum(p.total for p in parts),
         sum=sum(p.sum for p in parts) / 1e3,
     )
+
+
+ONGOING_HTTP = "ray_serve_num_ongoing_http_requests"  # a gauge of the proxy: requests in flight
 
 
 def summarize(window: Window, application: str = "jizhi") -> LiveStats:
@@ -328,7 +340,14 @@ def summarize(window: Window, application: str = "jizhi") -> LiveStats:
         keys_cut=window.increase("ray_jizhi_keys_cut_total", application=app),
         store_lookups=store.total,
         store_lookup_mean_s=store.mean,
+        in_flight_change=in_flight_change(window),
     )
+
+
+def in_flight_change(window: Window) -> float:
+    """How many more HTTP requests the proxies hold at the window's end than at its start (Ray's
+    gauge counts every application's; 0 when it is not exported)."""
+    return window.after.total(ONGOING_HTTP) - window.before.total(ONGOING_HTTP)
 
 
 # --- CPU by process, gauges over time, recordings (calibration reads these) --------------------

@@ -1,30 +1,35 @@
-"""The autopilot on the real deployment under a traffic step (low → 2× → low); about 3.5 minutes.
+"""The autopilot on the real deployment under a traffic step (low → 2× → low); about 4 minutes.
 
-What is honest to assert on this machine. The service is CPU-bound on 2 shared cores: it keeps up
-with a few tens of req/s, and its p99 at any rate is several times the 50 ms the example's SLO
-asks for (docs/serving.md, "Where the time goes"), while the simulator, which the autopilot
-here re-calibrates only to the live request rate (`--recalibrate rate`: the full fit's costs move
-with whatever else runs on this shared machine, which would make the expected decisions a guess),
-sees one replica per stage serve thousands of req/s within 50 ms. So:
+It must raise capacity at the step before the SLO burns for long, and shed that cost after the
+drop. On one 2-core machine a CPU-bound stage cannot show that — a second replica shares the same
+two cores — so the scenario stages a bottleneck that replicas do relieve, and that the model sees
+without fitting this machine's CPU costs: the ranker is bound by *waiting*, the shape of a stage
+bound by an accelerator or a remote call. It batches up to 8 requests but holds at most 2
+(`max_ongoing_requests` < `max_batch_size`: Ray warns, and its batches never fill, so each waits
+out the 0.3 s `batch_wait_timeout_s` — Ray's own defaults, 10 and 5, have the same shape with a
+10 ms timeout). One replica then serves at most 2 / 0.3 s ≈ 6.7 req/s whatever the CPU, about
+5.3 with Ray's router back-off (a freed slot waits for the router's next retry), about 4.4 here:
+2.5 req/s is comfortable (p99 ≈ 0.7 s simulated, about 1 s measured), 5 req/s overloads it; two
+replicas hold it (p99 ≈ 0.4 s simulated) and drain what queued before they came. The SLO is a 2 s p99 (an 8-second verification window of ~30
+requests has its slowest request for p99), the autopilot may tune only the ranker's replicas (the
+operator fixed the batching), and it re-calibrates only the live request rate (`--recalibrate rate`: the full fit's
+CPU costs move with whatever else runs on this shared machine and would make the expected
+decisions a guess; the wait is what decides here, and the model knows it exactly).
 
-- With the example's SLO every interval would be "at risk" and the autopilot would keep raising
-  to configs the model cannot tell apart — a test of nothing. The test sets the SLO to 1 s, which
-  this machine holds at 4 and 8 req/s with room to spare.
-- At 4 and at 8 req/s the tuned config is the same, the cheapest (one replica per stage): the
-  model has no reason to add capacity at the step up, and with the live SLO holding the right
-  reaction is to hold. A capacity raise at the step can only come from the live p99 crossing 90 %
-  of the SLO, which depends on what else runs on the machine; so the test does not demand one.
-  It checks the decisions against the rules instead: replaying `autotune.autopilot.step` over
-  the observations the timeline recorded gives exactly the actions the autopilot took, and every
-  rollout it took shows as a new config generation, a rollout record, and a counted interval.
-- Cost to shed: the deployment starts with a second Features replica (predicted $0.216/h against
-  $0.168/h for one replica per stage, a 22 % saving). While the live SLO holds, the autopilot must
-  find that saving, confirm it over two intervals, roll it out (verified live; --tolerance 4 so
-  that 8-second windows of 30-60 requests, whose p99 is their slowest request or two, do not roll
-  it back on noise — a breach of the 1 s SLO still would) and end on the cheaper config. That it
-  sheds the cost while traffic is low rather than only after the drop is the same reason as above:
-  in the model neither rate needs the second replica.
-- Not one request of the load fails, through every interval, tuning run and rollout.
+What is asserted:
+- Before the step, the one-replica config is the cheapest that holds: no rollout.
+- At the step the live p99 crosses 90 % of the SLO; the autopilot rolls out more ranker replicas
+  (SCALE_UP, verified live, applied, at a higher cost) in an interval that saw the step, no later
+  than the second interval measured wholly inside the high phase.
+- After the drop the extra replicas are shed (SAVE, confirmed over two intervals, verified live,
+  applied) and the run ends on the one-replica config.
+- Replaying `autotune.autopilot.step` over the recorded observations gives exactly the actions
+  taken; every rollout is a new config generation and a rollout record; every interval is counted
+  by jizhi's exporter.
+- The SLO holds again within two intervals of the raise (the queue built before it drains).
+- Not one request of the load fails, through every interval, tuning run and rollout (the client
+  waits up to 90 s for an answer: until the capacity arrives requests queue, which is the SLO
+  burning, measured as p99 — not a failure).
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from typing import Any
 import pytest
 import yaml
 
-from autotune.autopilot import Observation, PilotState, Policy, at_risk, step
+from autotune.autopilot import Observation, PilotState, Policy, step
 from jizhi.cli import main
 from jizhi.commands.rollout import HISTORY
 from jizhi.commands.serve import DEPLOYED
@@ -51,23 +56,46 @@ from serving.monitoring.exporter import read_state
 
 from .services import EXAMPLE_SPEC, SMALL
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(420)]
 
-LOW, HIGH = 4.0, 8.0
-PHASES = ((LOW, 40.0), (HIGH, 55.0), (LOW, 60.0))  # (req/s, seconds), one `jizhi load` each
+LOW, HIGH = 2.5, 5.0
+PHASES = ((LOW, 35.0), (HIGH, 60.0), (LOW, 110.0))  # (req/s, seconds), one `jizhi load` each
 STARTUP_S = 4.0  # a load process imports and plans before its first send
-OVER = [*SMALL, "--set", "features.replicas=2"]  # one Features replica more than needed
-SPEC = [
-    "--set", "slo.p99_s=1.0",
-    # small simulations: each interval tunes in ~10 s on the shared cores
-    "--set", "tuning.trial_requests=800", "--set", "tuning.trial_warmup_requests=100",
-    "--set", "simulation.requests=2000", "--set", "simulation.warmup_requests=200",
-]  # fmt: skip
+SLO_P99_S = 2.0
+# Until the capacity arrives the overloaded ranker queues requests for tens of seconds: that is
+# the SLO burning (measured as p99), not requests failing, so the client waits for its answers.
+CLIENT_TIMEOUT_S = 90
 AUTOPILOT = [
     "--interval", "12", "--trials", "6", "--confirm", "2", "--cooldown", "1", "--workers", "1",
     "--window", "8", "--settle", "3", "--tolerance", "4.0", "--timeout", "60",
     "--recalibrate", "rate",
 ]  # fmt: skip
+
+
+def _wait_bound_spec(path: Path) -> Path:
+    """The example on one replica per stage, its ranker bound by the batch wait (module doc)."""
+    data = yaml.safe_load(Path(EXAMPLE_SPEC).read_text())
+    stages = {stage["name"]: stage for stage in data["stages"]}
+    stages["ingress"].update(replicas=1)
+    stages["features"].update(replicas=1)
+    stages["ranker"].update(
+        replicas=1,
+        max_batch_size=8,
+        max_ongoing_requests=2,
+        batch_wait_timeout_s=0.3,
+        resources={"cpu": 0.5},  # waiting needs no CPU; three replicas fit the test's Ray head
+    )
+    data["slo"]["p99_s"] = SLO_P99_S
+    data["workload"]["rate_rps"] = LOW  # what `jizhi serve` predicts for the deploy
+    # small simulations: each interval tunes in seconds on the shared cores
+    data["simulation"].update(requests=2000, warmup_requests=200)
+    data["tuning"].update(
+        trial_requests=800,
+        trial_warmup_requests=100,
+        knobs={"ranker.replicas": {"low": 1, "high": 3}},
+    )
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
 
 
 def _drive(model: Path, out: Path, phases: list[dict[str, Any]], failures: list[str]) -> None:
@@ -78,8 +106,8 @@ def _drive(model: Path, out: Path, phases: list[dict[str, Any]], failures: list[
         done = subprocess.run(
             [sys.executable, "-m", "jizhi.cli", "load", "http://127.0.0.1:8000", "--rate",
              str(rate), "--duration", str(seconds), "--model", str(model), "--seed", str(number),
-             "--out", str(report)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=seconds + 90,
+             "--timeout", str(CLIENT_TIMEOUT_S), "--out", str(report)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, timeout=seconds + 120,
             check=False,
         )  # fmt: skip
         if done.returncode != 0:
@@ -98,10 +126,16 @@ def _phase_of(row: dict[str, Any], phases: list[dict[str, Any]]) -> int | None:
     return None
 
 
-def test_the_autopilot_follows_a_traffic_step(
+def _ranker_replicas(row: dict[str, Any]) -> int | None:
+    tuned = row["tuned_config"]
+    return None if tuned is None else int(tuned["ranker"]["replicas"])
+
+
+def test_the_autopilot_raises_capacity_at_a_step_and_sheds_it_after(
     served: Path, tmp_path: Path, controller_state: Path
 ) -> None:
-    assert main(["serve", EXAMPLE_SPEC, "--model", str(served), *OVER]) == 0
+    spec = str(_wait_bound_spec(tmp_path / "wait-bound.yaml"))
+    assert main(["serve", spec, "--model", str(served)]) == 0
     out = tmp_path / "autopilot"
     phases: list[dict[str, Any]] = []
     failures: list[str] = []
@@ -112,22 +146,22 @@ def test_the_autopilot_follows_a_traffic_step(
     try:
         time.sleep(STARTUP_S + 1)  # the first window starts with traffic flowing
         total = sum(seconds for _, seconds in PHASES)
-        argv = ["autopilot", EXAMPLE_SPEC, "--model", str(served), *OVER, *SPEC, *AUTOPILOT,
-                "--duration", str(total), "--out", str(out)]  # fmt: skip
+        argv = ["autopilot", spec, "--model", str(served), *AUTOPILOT, "--duration", str(total),
+                "--out", str(out)]  # fmt: skip
         assert main(argv) == 0
-        driver.join(timeout=total + 120)
+        driver.join(timeout=total + 150)
         assert not driver.is_alive(), "the load phases did not finish"
         assert not failures, failures
         live_yaml = out / "live.yaml"
         exported = tmp_path / "live-serve.yaml"
-        assert main(["export", EXAMPLE_SPEC, "--model", str(served), "--config", str(live_yaml),
+        assert main(["export", spec, "--model", str(served), "--config", str(live_yaml),
                      "--out", str(exported)]) == 0  # fmt: skip
         deployed = yaml.safe_load(DEPLOYED.read_text())
         assert deployed == yaml.safe_load(exported.read_text()), "live.yaml is not what runs"
         assert cluster.status()["applications"]["jizhi"]["status"] == "RUNNING"
     finally:
         main(["serve", EXAMPLE_SPEC, "--model", str(served), *SMALL])  # in place, load or not
-        driver.join(timeout=240)
+        driver.join(timeout=300)
 
     # not one request failed, in any phase
     for phase, (rate, seconds) in zip(phases, PHASES, strict=True):
@@ -136,10 +170,11 @@ def test_the_autopilot_follows_a_traffic_step(
 
     timeline = json.loads((out / "timeline.json").read_text())
     rows = timeline["rows"]
-    assert timeline["stopped"] == "done" and len(rows) >= 4
+    assert timeline["stopped"] == "done" and len(rows) >= 6
     assert (out / "timeline.png").stat().st_size > 10_000
     assert [r for r in rows if r["error"]] == [], "an interval failed"
     policy = Policy(**timeline["policy"])
+    assert policy.slo_p99_s == SLO_P99_S
 
     # the decisions are the rules' on what was measured
     state = PilotState(policy)
@@ -147,34 +182,57 @@ def test_the_autopilot_follows_a_traffic_step(
         state, decision = step(state, Observation.from_json(row["observation"]))
         assert (decision.action.value, decision.reason) == (row["action"], row["reason"]), row
 
-    # the step up and the drop were measured
-    by_phase: dict[int, list[float]] = {}
-    for row in rows:
-        number = _phase_of(row, phases)
-        if number is not None:
-            by_phase.setdefault(number, []).append(row["observation"]["traffic"]["requests_per_s"])
-    assert set(by_phase) == {0, 1, 2}, f"a phase held no whole interval: {by_phase}"
-    high = statistics.median(by_phase[1])  # 8 req/s less the gaps between load processes
-    assert high > 1.5 * statistics.median(by_phase[0]), by_phase
-    assert high > 1.5 * statistics.median(by_phase[2]), by_phase
-
-    # every rollout shows as a new generation, a rollout record and nothing else changes it
-    rollouts = [r for r in rows if r["rollout"] is not None]
+    # every rollout shows as a new generation and a rollout record; nothing else changes it
     for before, after in itertools.pairwise(rows):
         changed = after["generation"] != before["generation"]
         assert changed == (before["rollout"] is not None), (before, after)
     history = HISTORY.read_text().splitlines()[history_before:]
-    assert len(history) == len(rollouts)
+    assert len(history) == len([r for r in rows if r["rollout"] is not None])
     counted = read_state(controller_state).autopilot_iterations
     assert sum(counted.values()) - sum(counted_before.values()) == len(rows)
 
-    # the spare replica is shed while the live SLO holds, and the cheaper config stays
-    costs = [r["observation"]["live"]["cost_per_hour"] for r in rows if r["observation"]["live"]]
-    assert costs[0] == pytest.approx(0.216)
-    first = [Observation.from_json(r["observation"]).traffic for r in rows[:2]]
-    assert all(t is not None and t.busy and at_risk(t, policy) is None for t in first), (
-        f"the live p99 broke 90 % of 1 s at {LOW} req/s: the machine is overloaded ({first})"
-    )
-    saves = [r for r in rows if r["action"] == "save"]
-    assert saves and saves[0]["rollout"] == "applied", rows
-    assert costs[-1] <= 0.9 * costs[0]
+    phase_of = [_phase_of(row, phases) for row in rows]
+    summary = [
+        (r["iteration"], n, round(r["observation"]["traffic"]["offered_per_s"], 1),
+         round(r["observation"]["traffic"]["p99_s"] or 0, 2), r["action"], r["rollout"])
+        for r, n in zip(rows, phase_of, strict=True)
+    ]  # fmt: skip
+    rates = {
+        n: statistics.median(
+            r["observation"]["traffic"]["offered_per_s"]
+            for r, m in zip(rows, phase_of, strict=True)
+            if m == n
+        )
+        for n in set(phase_of) - {None}
+    }
+    assert set(rates) == {0, 1, 2}, f"a phase held no whole interval: {summary}"
+    assert rates[1] > 1.5 * rates[0] and rates[1] > 1.5 * rates[2], rates
+
+    # before the step: the one-replica config holds and nothing is rolled out
+    step_at = phases[1]["from"]
+    before_step = [r for r in rows if r["ended_at"] <= step_at]
+    assert before_step and all(r["rollout"] is None for r in before_step), summary
+    costs = [r["observation"]["live"]["cost_per_hour"] for r in rows]
+    low_cost = costs[0]
+
+    # at the step: capacity raised within the first two intervals inside the high phase
+    first_high = phase_of.index(1)
+    ups = [i for i, r in enumerate(rows) if r["action"] == "scale_up"]
+    assert ups and rows[ups[0]]["ended_at"] > step_at and ups[0] <= first_high + 1, summary
+    up = rows[ups[0]]
+    assert up["rollout"] == "applied", up
+    assert (_ranker_replicas(up) or 0) >= 2, up
+    assert costs[ups[0] + 1] > low_cost, summary
+    # ... and the SLO holds again within two intervals (the queue built before it drains)
+    holds = [i for i, r in enumerate(rows) if i > ups[0]
+             and r["observation"]["traffic"]["p99_s"] <= SLO_P99_S]  # fmt: skip
+    assert holds and holds[0] <= ups[0] + 2, summary
+
+    # after the drop: the extra replicas are shed and the run ends where it began
+    saves = [i for i, r in enumerate(rows) if r["action"] == "save" and i > ups[0]]
+    assert saves, summary
+    save = rows[saves[0]]
+    assert phase_of[saves[0]] == 2 and save["rollout"] == "applied", save
+    assert _ranker_replicas(save) == 1, save
+    live = yaml.safe_load((out / "live.yaml").read_text())
+    assert live["stages"]["ranker"]["replicas"] == 1, live

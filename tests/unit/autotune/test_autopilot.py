@@ -289,9 +289,10 @@ class Fake:
         return Prediction(0.01, 0.02, cost(c))
 
     def roll_out(
-        self, spec: PipelineSpec, new: ServingConfig, old: ServingConfig
+        self, spec: PipelineSpec, new: ServingConfig, old: ServingConfig, before: LiveStats
     ) -> RolloutOutcome:
         assert old == self.live, "the loop rolled out over a config that is not live"
+        assert before.window_s > 0, "the rollout's before is the interval's window"
         self.generation += 1  # the new config was deployed ...
         outcome = self.rollouts.pop(0)
         if isinstance(outcome, BaseException):

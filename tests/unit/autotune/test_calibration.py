@@ -25,13 +25,12 @@ from autotune.calibration import (
     Status,
     calibrate,
     calibrated_spec,
-    recalibrate,
     stage_deployments,
     trim,
 )
 from jizhi.cli import main
 from serving.monitoring import live
-from serving.monitoring.live import LiveStats, Snapshot
+from serving.monitoring.live import Snapshot
 from simulator import load_spec, simulate, with_overrides
 from simulator.cache import CachePolicy
 from simulator.errors import InputError
@@ -44,15 +43,12 @@ from .calibration_helpers import (
     FakeRay,
     Truth,
     fixture_spec,
+    recording,
     spec,
     synthetic_run,
 )
 
 TRUTH = Truth()
-
-
-def recording() -> list[Snapshot]:
-    return live.read_records(FIXTURE.read_text().splitlines(), str(FIXTURE))
 
 
 def value(calibration: Calibration, path: str) -> float:
@@ -120,14 +116,6 @@ def test_recording_calibrated_spec_loads_and_simulates(recorded: Calibration) ->
         assert data["node"] == {"cores": 2, "proxy_concurrency": 1}
     report = simulate(calibrated, requests=500, warmup_requests=100, seed=1)
     assert report.completed == 500
-
-
-def test_recalibrate_fits_the_autopilots_signature() -> None:
-    stats = LiveStats(window_s=54, requests_per_s=11.2, ok_per_s=11.2, shed_rate=0.0,
-                      error_rate=0.0, p50_s=0.2, p95_s=0.8, p99_s=0.96)  # fmt: skip
-    calibrated = recalibrate(fixture_spec(), stats, recording())
-    assert calibrated.workload.zipf_alpha == pytest.approx(1.0, abs=0.05)
-    assert calibrated.workload.rate_rps == pytest.approx(605 / 54)
 
 
 def test_stage_deployments_follow_in_ranker() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import statistics
@@ -11,7 +12,8 @@ import pytest
 
 from autotune.space import DimensionKind, SearchSpace
 from simulator import InputError, ServingConfig, load_spec
-from tests.unit.autotune.helpers import EXAMPLES, tiny
+from simulator.load import validate_spec
+from tests.unit.autotune.helpers import EXAMPLES, TINY, tiny
 
 
 def test_max_ongoing_covers_every_batch_in_random_points() -> None:
@@ -21,6 +23,27 @@ def test_max_ongoing_covers_every_batch_in_random_points() -> None:
         config = space.decode(space.sample_point(rng))
         for stage in config.stages.values():
             assert stage.max_ongoing_requests >= stage.max_batch_size * stage.max_concurrent_batches
+
+
+def test_a_batch_shape_the_spec_fixes_is_left_as_written() -> None:
+    """Only the replicas are tuned: the model stage's 4-batch with 2 in flight stays (Ray warns,
+    the batches wait out the timeout, and the simulator models that); a tuned batch size gets
+    room for itself."""
+    data = copy.deepcopy(TINY)
+    data["stages"][1]["max_ongoing_requests"] = 2
+    data["tuning"]["knobs"] = {"model.replicas": {"low": 1, "high": 4}}
+    space = SearchSpace(validate_spec(data, source="tiny"))
+    for point in ([1], [3]):
+        model = space.decode(point).stages["model"]
+        assert (model.replicas, model.max_batch_size, model.max_ongoing_requests) == (
+            point[0],
+            4,
+            2,
+        )
+    data["tuning"]["knobs"]["model.max_batch_size"] = {"low": 1, "high": 8}
+    space = SearchSpace(validate_spec(data, source="tiny"))
+    model = space.decode([2, 8]).stages["model"]
+    assert (model.max_batch_size, model.max_ongoing_requests) == (8, 8)
 
 
 def test_log_dimensions_sample_log_uniformly() -> None:

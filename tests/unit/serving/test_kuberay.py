@@ -451,6 +451,24 @@ def test_cli_default_format_is_still_the_serve_config(
     assert yaml.safe_load(out.read_text())["http_options"]["host"] == "127.0.0.1"
 
 
+def test_a_batch_the_replica_cannot_fill_is_deployed_with_ray_s_warning(
+    tmp_path: Path, tiny_artifact: ModelArtifact, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ray deploys max_ongoing_requests < max_batch_size and only warns; so does jizhi (the
+    simulator models what follows: the batches wait out their timeout)."""
+    out = tmp_path / "serve.yaml"
+    model = tiny_artifact.path
+    argv = ["export", str(SPEC), "--model", str(model), "--out", str(out),
+            "--set", "ranker.max_batch_size=8", "--set", "ranker.max_ongoing_requests=2"]  # fmt: skip
+    assert main(argv) == 0
+    deployments = yaml.safe_load(out.read_text())["applications"][0]["deployments"]
+    ranker = next(d for d in deployments if d["name"] == "Ranker")
+    assert (ranker["max_ongoing_requests"], ranker["user_config"]["max_batch_size"]) == (2, 8)
+    assert "warning: stages.ranker: max_batch_size × max_concurrent_batches = 8" in (
+        capsys.readouterr().err
+    )
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

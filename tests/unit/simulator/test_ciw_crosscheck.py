@@ -58,6 +58,7 @@ def test_tandem_network_agrees_with_ciw_and_jackson() -> None:
                 },
             ],
             "slo": {"p99_s": 1.0},
+            "router": {"initial_backoff_s": 0},  # the textbook router: no retry back-off
         },
         source="test",
     )

@@ -14,14 +14,21 @@ from simulator.load import validate_spec
 
 from .helpers import example, one_stage, trace_file
 
+NO_BACKOFF = {"initial_backoff_s": 0}  # the textbook router
+
 
 def _trace_run(
-    tmp_path: Path, times: list[float], stage: dict[str, Any], seed: int = 0
+    tmp_path: Path,
+    times: list[float],
+    stage: dict[str, Any],
+    seed: int = 0,
+    router: dict[str, Any] | None = None,
 ) -> list[tuple[Any, ...]]:
     spec = one_stage(
         stage,
         {"arrival": "trace", "trace_file": str(trace_file(tmp_path, times))},
         simulation={"requests": len(times), "warmup_requests": 0, "seed": seed},
+        router=router or {},
     )
     trace: list[tuple[Any, ...]] = []
     simulate(spec, trace=trace)
@@ -74,7 +81,9 @@ def test_max_ongoing_caps_the_batch_like_ray(tmp_path: Path) -> None:
     }
     trace = _trace_run(tmp_path, [0.0, 0.0001, 0.0002, 0.0003, 0.0004], stage)
     starts = [e for e in trace if e[1] == "start"]
-    assert starts[0] == (0.0002, "start", "server", 0, (0, 1, 2))  # capped at 3, closes full
+    # the replica holds 3, so the batch never reaches 10: it waits out the 5 ms from request 0
+    # (ray/serve/batching.py `wait_for_batch` breaks on the timeout or on max_batch_size only)
+    assert starts[0] == (0.005, "start", "server", 0, (0, 1, 2))
     assert [e for e in trace if e[1] == "queue"] == [
         (0.0003, "queue", "server", 3),
         (0.0004, "queue", "server", 4),
@@ -88,7 +97,8 @@ def test_router_uses_free_replicas_queues_fifo_and_sheds_past_max_queued(tmp_pat
         "max_ongoing_requests": 1,
         "max_queued_requests": 1,
     }
-    trace = _trace_run(tmp_path, [0.0, 0.001, 0.002, 0.003], stage)
+    # the textbook router: a freed slot goes to the oldest waiting request at once
+    trace = _trace_run(tmp_path, [0.0, 0.001, 0.002, 0.003], stage, router=NO_BACKOFF)
     first = trace[1][4]  # the replica the router chose for request 0 (seeded coin)
     other = 1 - first
     assert trace == [
@@ -111,6 +121,18 @@ def test_router_uses_free_replicas_queues_fifo_and_sheds_past_max_queued(tmp_pat
         (0.02, "done", "server", first, (2,)),
         (0.02, "complete", 2),
     ]
+
+
+def test_a_freed_slot_waits_for_the_routers_next_retry(tmp_path: Path) -> None:
+    """Ray's routing task tries, tries again, then sleeps 25 ms, 50 ms, 100 ms … (at most 0.5 s)
+    and nothing wakes it when a replica frees a slot; after placing a request it starts over."""
+    stage = {"service": {"model": "deterministic", "seconds": 0.010}, "max_ongoing_requests": 1}
+    trace = _trace_run(tmp_path, [0.0, 0.001, 0.002], stage)
+    starts = [(e[0], e[4]) for e in trace if e[1] == "start"]
+    # request 1 waits from 1 ms and its task retries at 26 ms: the slot freed at 10 ms sat empty.
+    # Request 2's own task (one per waiting request, at most 2 per replica) retries at 27, 77,
+    # 177 ms; the slot freed at 36 ms waits for the retry at 77 ms.
+    assert starts == [(0.0, (0,)), (0.026, (1,)), (0.077, (2,))]
 
 
 def test_power_of_two_choices_prefers_the_less_loaded_replica(tmp_path: Path) -> None:
@@ -137,6 +159,7 @@ def test_under_saturation_batches_fill_up_to_max_batch_size() -> None:
             "max_queued_requests": 100,
         },
         {"arrival": "poisson", "rate_rps": 3000},
+        router=NO_BACKOFF,  # with Ray's back-off the replica idles between retries
     )
     server = simulate(spec, requests=20_000, seed=3).stages[0]
     assert server.utilisation > 0.99

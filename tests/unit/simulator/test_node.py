@@ -36,6 +36,7 @@ def _spec(
         "stages": stages,
         "overhead": overhead or {},
         "slo": {"p99_s": 1.0},
+        "router": {"initial_backoff_s": 0},  # the textbook router: no retry back-off
         **sections,
     }
     if node is not None:
