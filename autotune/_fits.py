@@ -187,8 +187,8 @@ class Fits:
             f"other processes used {share:.0%} of the node's CPU, the proxy and the replicas "
             f"{pipeline:.2f} cores. Not written: the CPU others use is not the share the OS "
             "scheduler leaves the pipeline (it shares cores among runnable threads), and only "
-            "latency shows the waiting — benchmarks/simulator_fidelity.py fits node.speed to "
-            f"measured p50 instead; this is 1 − their share{absent}"
+            "latency shows the waiting — the latency fit (autotune.latency_fit) fits node.speed "
+            f"to the measured p50 instead; this is 1 − their share{absent}"
         )
         self.add(
             "observed.node.speed_from_cpu",

@@ -10,10 +10,10 @@ one node) and bisects, on the same seeded simulations each time:
 2. one coefficient of variation for every piece of CPU work (the proxy, the hops, each stage's
    service time: `cv_paths`) until the same holds for p99 — on a shared node the time a piece of
    work takes varies far more than its CPU seconds do;
-3. the speed once more at that spread (the spread moves the p50 a little).
+3. both once more (the spread moves the p50, the speed the p99).
 
 A bound is kept when the target lies beyond it (the note says which and why). Each step simulates
-every target once (`requests` requests): the fit costs about 3 × (`steps` + 2) rounds.
+every target once (`requests` requests): the fit costs 4 × (`steps` + 2) + 1 rounds.
 
 `with_latency_fit(spec, calibration)` adds the fitted rows to a `Calibration` (they are written by
 `calibrated_spec` like every other fitted row); `recalibrate` is the autopilot's full
@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["LatencyFit", "Target", "cv_paths", "fit_latency", "recalibrate", "with_latency_fit"]
 
 AUTOPILOT_SUBWINDOW_S = 20.0  # Ray exports each process's metrics every few seconds
+ROUNDS = 2  # speed then spread, twice
 SPEED_RANGE = (0.02, 1.0)
 CV_RANGE = (0.05, 3.0)
 _SOURCE = "ray_serve_http_request_latency_ms, simulated"
@@ -170,10 +171,17 @@ def fit_latency(
             notes.append(_bound_note(what, bound))
         return value
 
+    def speed_at(cv: float) -> float:
+        return noted("speed", _bisect(lambda s: error(0, s, cv), *SPEED_RANGE, steps, False))
+
+    def cv_at(speed: float) -> float:
+        return noted("cv", _bisect(lambda c: error(1, speed, c), *CV_RANGE, steps, True))
+
     cv = _common_cv(dumped[0], paths[0])
-    speed = noted("speed", _bisect(lambda s: error(0, s, cv), *SPEED_RANGE, steps, False))
-    cv = noted("cv", _bisect(lambda c: error(1, speed, c), *CV_RANGE, steps, True))
-    speed = noted("speed", _bisect(lambda s: error(0, s, cv), *SPEED_RANGE, steps, False))
+    speed = 1.0
+    for _ in range(ROUNDS):  # the two interact (a wider spread moves the median): alternate
+        speed = speed_at(cv)
+        cv = cv_at(speed)
     predicted = tuple(latency(speed, cv))
     return LatencyFit(speed, cv, paths[0], predicted, runs, tuple(dict.fromkeys(notes)))
 

@@ -73,7 +73,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action=argparse.BooleanOptionalAction,
         default=True,
         help="fit node.speed and the spread of CPU work to the window's p50/p99 by simulation "
-        "(default; about 30 simulations)",
+        "(default; 37 simulations)",
     )
     parser.add_argument(
         "--seed", type=whole_number, default=0, help="seed of the cache replay and the simulations"

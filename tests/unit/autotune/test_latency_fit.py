@@ -58,7 +58,7 @@ def test_a_known_node_speed_and_spread_come_back() -> None:
     assert p50_sim == pytest.approx(p50, rel=0.05)
     assert p99_sim == pytest.approx(p99, rel=0.1)
     assert fit.notes == ()
-    assert fit.simulations == 3 * (7 + 2) + 1
+    assert fit.simulations == 4 * (7 + 2) + 1
     written = {r.path: r.value for r in fit.rows() if r.status is Status.FITTED}
     assert written["node.speed"] == fit.speed
     assert written["stages.model.service.cv"] == written["overhead.proxy.cv"] == fit.cv
