@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from serving.monitoring import prometheus
 from simulator.errors import InputError, ServiceError
 
 __all__ = [
@@ -103,21 +104,17 @@ def scrape(url: str, timeout_s: float = _TIMEOUT_S) -> Snapshot:
 
 
 def from_prometheus(url: str, at: float | None = None, timeout_s: float = _TIMEOUT_S) -> Snapshot:
-    """Ray's and jizhi's series as Prometheus holds them at `at` (default now)."""
+    """Ray's and jizhi's series as Prometheus holds them at `at` (default now), through
+    `serving.monitoring.prometheus.api`; its failures become `LiveMetricsError`."""
     at = time.time() if at is None else at
     query = '{__name__=~"ray_serve_.+|ray_jizhi_.+|ray_component_cpu_percentage|ray_node_cpu_.+"}'
-    address = f"{url.rstrip('/')}/api/v1/query?" + urllib.parse.urlencode(
-        {"query": query, "time": f"{at:.3f}"}
-    )
+    path = "/api/v1/query?" + urllib.parse.urlencode({"query": query, "time": f"{at:.3f}"})
     try:
-        with urllib.request.urlopen(address, timeout=timeout_s) as response:
-            body = json.loads(response.read())
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise LiveMetricsError(f"no Prometheus at {url} ({getattr(exc, 'reason', exc)})") from None
-    if body.get("status") != "success":
-        raise LiveMetricsError(f"Prometheus at {url} refused the query: {body.get('error')}")
+        data = prometheus.api(url, path, timeout_s)
+    except (prometheus.PrometheusError, InputError) as exc:
+        raise LiveMetricsError(str(exc)) from None
     samples: dict[tuple[str, Labels], float] = {}
-    for series in body["data"]["result"]:
+    for series in data["result"]:
         labels = dict(series["metric"])
         name = labels.pop("__name__")
         for drop in ("instance", "job"):  # added by the scrape, not by Ray

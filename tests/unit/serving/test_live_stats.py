@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 
 from autotune.autopilot_loop import rate_only
-from serving.monitoring.live import Window, parse, summarize
+from serving.monitoring.live import LiveMetricsError, Window, from_prometheus, parse, summarize
 from simulator import load_spec
 from tests.unit.autotune.helpers import EXAMPLES
 
@@ -42,3 +44,14 @@ def test_without_the_gauge_the_offered_rate_is_the_answered_one() -> None:
 def test_the_autopilots_rate_is_the_offered_one() -> None:
     spec = rate_only(load_spec(EXAMPLES / "ctr.yaml"), summarize(_window(45, (3, 28))), [])
     assert spec.workload.rate_rps == pytest.approx(7.0)
+
+
+def test_an_unreachable_prometheus_is_a_live_metrics_error() -> None:
+    """One HTTP client for Prometheus (`prometheus.api`); live readers get their own error."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed when the block ends: nothing listens there
+    with pytest.raises(
+        LiveMetricsError, match=rf"no Prometheus answers at http://127.0.0.1:{port}"
+    ):
+        from_prometheus(f"http://127.0.0.1:{port}", timeout_s=1.0)
