@@ -126,6 +126,18 @@ def _phase_of(row: dict[str, Any], phases: list[dict[str, Any]]) -> int | None:
     return None
 
 
+def _traffic(row: dict[str, Any], field: str) -> float | None:
+    """A figure of the interval's live traffic (None: the window could not be measured)."""
+    traffic = row["observation"]["traffic"]
+    return None if traffic is None else traffic[field]
+
+
+def _live_cost(row: dict[str, Any]) -> float | None:
+    """The live config's predicted cost (None: the interval did not tune, e.g. too little traffic)."""
+    live = row["observation"]["live"]
+    return None if live is None else live["cost_per_hour"]
+
+
 def _ranker_replicas(row: dict[str, Any]) -> int | None:
     tuned = row["tuned_config"]
     return None if tuned is None else int(tuned["ranker"]["replicas"])
@@ -193,18 +205,16 @@ def test_the_autopilot_raises_capacity_at_a_step_and_sheds_it_after(
 
     phase_of = [_phase_of(row, phases) for row in rows]
     summary = [
-        (r["iteration"], n, round(r["observation"]["traffic"]["offered_per_s"], 1),
-         round(r["observation"]["traffic"]["p99_s"] or 0, 2), r["action"], r["rollout"])
+        (r["iteration"], n, _traffic(r, "offered_per_s"), _traffic(r, "p99_s"), r["action"],
+         r["rollout"])
         for r, n in zip(rows, phase_of, strict=True)
     ]  # fmt: skip
-    rates = {
-        n: statistics.median(
-            r["observation"]["traffic"]["offered_per_s"]
-            for r, m in zip(rows, phase_of, strict=True)
-            if m == n
-        )
-        for n in set(phase_of) - {None}
-    }
+    offered: dict[int, list[float]] = {}
+    for r, n in zip(rows, phase_of, strict=True):
+        arriving = _traffic(r, "offered_per_s")
+        if n is not None and arriving is not None:
+            offered.setdefault(n, []).append(arriving)
+    rates = {n: statistics.median(values) for n, values in offered.items()}
     assert set(rates) == {0, 1, 2}, f"a phase held no whole interval: {summary}"
     assert rates[1] > 1.5 * rates[0] and rates[1] > 1.5 * rates[2], rates
 
@@ -212,8 +222,8 @@ def test_the_autopilot_raises_capacity_at_a_step_and_sheds_it_after(
     step_at = phases[1]["from"]
     before_step = [r for r in rows if r["ended_at"] <= step_at]
     assert before_step and all(r["rollout"] is None for r in before_step), summary
-    costs = [r["observation"]["live"]["cost_per_hour"] for r in rows]
-    low_cost = costs[0]
+    low_cost = _live_cost(rows[0])
+    assert low_cost is not None, summary
 
     # at the step: capacity raised within the first two intervals inside the high phase
     first_high = phase_of.index(1)
@@ -222,10 +232,11 @@ def test_the_autopilot_raises_capacity_at_a_step_and_sheds_it_after(
     up = rows[ups[0]]
     assert up["rollout"] == "applied", up
     assert (_ranker_replicas(up) or 0) >= 2, up
-    assert costs[ups[0] + 1] > low_cost, summary
+    raised = [c for r in rows[ups[0] + 1 :] if (c := _live_cost(r)) is not None]
+    assert raised and raised[0] > low_cost, summary
     # ... and the SLO holds again within two intervals (the queue built before it drains)
     holds = [i for i, r in enumerate(rows) if i > ups[0]
-             and r["observation"]["traffic"]["p99_s"] <= SLO_P99_S]  # fmt: skip
+             and (p99 := _traffic(r, "p99_s")) is not None and p99 <= SLO_P99_S]  # fmt: skip
     assert holds and holds[0] <= ups[0] + 2, summary
 
     # after the drop: the extra replicas are shed and the run ends where it began
