@@ -242,17 +242,8 @@ class _Stage:
         queue = self.queue
         placed = False
         if queue:
-            now = self.sim.env.now
-            dt = now - self.t_last
-            self.area_in_stage += self.in_stage * dt
-            self.area_queue += len(queue) * dt
-            self.t_last = now
-            while queue:
-                target = self._pick()
-                if target is None:
-                    break
-                self._assign(target, queue.popleft())
-                placed = True
+            self._integrate(self.sim.env.now)
+            placed = self._place_waiting()
         if not queue or self.tasks > min(len(queue), self.max_tasks):
             self.tasks -= 1
             return
@@ -416,13 +407,21 @@ class _Stage:
             self._execute(replica, replica.ready.popleft())
         # Freed slots go to requests waiting at the router, oldest first: at once when the router
         # does not back off, else at its routing tasks' next retries (`_on_retry`).
+        if self.backoff[0] == 0.0:
+            self._place_waiting()
+        sim.forward(self, batch)
+
+    def _place_waiting(self) -> bool:
+        """Give replicas with room to the oldest waiting requests; whether any was placed."""
         queue = self.queue
-        while queue and self.backoff[0] == 0.0:
+        placed = False
+        while queue:
             target = self._pick()
             if target is None:
                 break
             self._assign(target, queue.popleft())
-        sim.forward(self, batch)
+            placed = True
+        return placed
 
     def report(self, window_s: float, cost_per_hour: float) -> StageReport:
         spec = self.spec
