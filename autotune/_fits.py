@@ -230,7 +230,8 @@ class Fits:
             status=Status.KEPT,
             note="a hop's CPU is spent in the caller (the first deployment) and Ray "
             "does not report it apart: the spec's value is kept and taken out of the "
-            "caller's CPU",
+            "caller's CPU (configs with fewer hops show it in latency: "
+            "autotune.latency_fit.fit_hop)",
         )
 
     def latency(self) -> None:

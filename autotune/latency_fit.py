@@ -12,6 +12,12 @@ one node) and bisects, on the same seeded simulations each time:
    work takes varies far more than its CPU seconds do;
 3. both once more (the spread moves the p50, the speed the p99).
 
+`fit_hop` fits one more figure from several configs measured on one node: the CPU a deployment-
+handle hop costs (its caller's and its callee's share of Ray's work, as one piece of work between
+two deployments). CPU gauges cannot show it — it is inside the deployments' own CPU, and one
+config cannot tell it from the handler's work — but configs that fuse a stage into the next
+(`in_ranker`) drop a hop each, and the latency they lose is what the hop cost.
+
 A bound is kept when the target lies beyond it (the note says which and why). Each step simulates
 every target once (`requests` requests): the fit costs 4 × (`steps` + 2) + 1 rounds.
 
@@ -44,7 +50,17 @@ from simulator.spec import Device
 if TYPE_CHECKING:
     from serving.monitoring.live import LiveStats, Snapshot
 
-__all__ = ["LatencyFit", "Target", "cv_paths", "fit_latency", "recalibrate", "with_latency_fit"]
+__all__ = [
+    "HopFit",
+    "LatencyFit",
+    "Target",
+    "cv_paths",
+    "fit_hop",
+    "fit_latency",
+    "handle_hops",
+    "recalibrate",
+    "with_latency_fit",
+]
 
 AUTOPILOT_SUBWINDOW_S = 20.0  # Ray exports each process's metrics every few seconds
 ROUNDS = 2  # speed then spread, twice
@@ -184,6 +200,87 @@ def fit_latency(
         cv = cv_at(speed)
     predicted = tuple(latency(speed, cv))
     return LatencyFit(speed, cv, paths[0], predicted, runs, tuple(dict.fromkeys(notes)))
+
+
+@dataclass(frozen=True)
+class HopFit:
+    seconds: float  # CPU of one handle hop, as `overhead.hop`'s mean
+    predicted: tuple[float, ...]  # p50 per target at it
+    slope: float  # of p50 log error against hops, at it (0 when inside the bounds)
+    simulations: int
+    note: str | None = None
+
+
+def handle_hops(spec: PipelineSpec) -> int:
+    """Handle hops a request takes: one between each two deployed stages (`in_ranker` stages
+    have no deployment)."""
+    return sum(1 for stage in spec.stages if not stage.in_ranker) - 1
+
+
+def fit_hop(
+    targets_at: Callable[[float], Sequence[Target]],
+    *,
+    high_s: float,
+    requests: int = 3000,
+    warmup_requests: int = 300,
+    seed: int = 0,
+    steps: int = 8,
+    say: Callable[[str], None] = lambda line: None,
+) -> HopFit:
+    """The hop's CPU in [0, `high_s`] at which the targets' p50 log error does not trend with their
+    number of handle hops (the least-squares slope is zero): the model then loses, per hop fused
+    away, the latency the service lost. `targets_at(seconds)` builds the targets for a hop of that
+    many seconds — the caller moves the hop's CPU out of the stage costs it was measured in, so
+    the configs measured with the most hops keep their total. Targets need two hop counts."""
+    hops = [handle_hops(t.spec) for t in targets_at(0.0)]
+    if len(set(hops)) < 2:
+        raise InputError(
+            "the hop fit needs configs with different numbers of handle hops "
+            f"(got {sorted(set(hops))}): measure one with a stage in_ranker"
+        )
+    mean_hops = statistics.fmean(hops)
+    runs = 0
+
+    def measured(seconds: float) -> tuple[float, list[float]]:
+        nonlocal runs
+        runs += 1
+        targets = targets_at(seconds)
+        p50s = [
+            simulate(
+                t.spec, requests=requests, warmup_requests=warmup_requests, seed=seed
+            ).latency.p50_s
+            for t in targets
+        ]
+        errors = [math.log(sim / t.p50_s) for sim, t in zip(p50s, targets, strict=True)]
+        mean_error = statistics.fmean(errors)
+        slope = sum((h - mean_hops) * (e - mean_error) for h, e in zip(hops, errors, strict=True))
+        return slope / sum((h - mean_hops) ** 2 for h in hops), p50s
+
+    # A dearer hop lowers the configs with fewer hops against the others: the slope rises.
+    low, high = 0.0, high_s
+    note = None
+    slope, p50s = measured(low)
+    if slope >= 0:
+        note = (
+            "the configs with fewer hops are no faster than the model says with free hops: 0 kept"
+        )
+        seconds = low
+    else:
+        slope, p50s = measured(high)
+        seconds = high
+        if slope <= 0:
+            note = f"even a hop of {high_s * 1e3:.2f} ms leaves fused configs over-predicted"
+        else:
+            for _ in range(steps):
+                mid = (low + high) / 2
+                if measured(mid)[0] < 0:
+                    low = mid
+                else:
+                    high = mid
+            seconds = (low + high) / 2
+            slope, p50s = measured(seconds)
+    say(f"hop fit: {seconds * 1e3:.2f} ms of CPU per hop ({runs} rounds of simulations)")
+    return HopFit(seconds, tuple(p50s), slope, runs, note)
 
 
 def _bound_note(what: str, bound: str) -> str:

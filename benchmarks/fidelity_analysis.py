@@ -4,15 +4,23 @@
    own stage's) is calibrated with `autotune.calibration.calibrate`. A parameter derived from CPU
    per request takes its marginal cost over the cases (value = marginal + idle / rate: idle CPU
    spread over few requests inflates low-rate estimates); the others take the median.
-2. A handle hop's CPU in its caller is the Ingress's marginal CPU per request with two hops
-   (features apart) less with one (features in the ranker); it becomes `overhead.hop` (CPU work on
-   the node) and comes out of the Ingress's own cost.
+2. A handle hop's CPU cannot be read from the CPU gauges (it is inside the deployments' own CPU,
+   which varies by ±15 % between windows of one config), but the latency shows it: the features
+   stage fused into the ranker (`HOP_PAIR`) drops one hop. `autotune.latency_fit.fit_hop` finds
+   the hop's CPU at which the model loses, per hop, the latency the service lost; the hop's CPU
+   comes out of the Ingress's measured cost (its caller), so three-deployment configs keep their
+   total.
 3. `node.speed` (the share of a core the pipeline gets on a shared node) and one `cv` for every
    piece of CPU work are fitted by `autotune.latency_fit` (what `jizhi calibrate` runs on one
    window) so that the calibration cases' median log error of p50 and of p99 is zero. CPU gauges
-   show neither: only latency does.
+   show neither: only latency does. Speed and spread first, at the spec's hop; then the hop (2.);
+   then speed and spread again.
 4. Every case — calibration and held-out — is simulated with the calibrated spec, its own knobs
    and its offered rate, and compared with what the load client measured.
+5. A measured p99 is itself uncertain: slow spells on a shared machine last a second or more, so
+   a probe's slowest requests come in runs. `_p99_interval` resamples the probe in blocks of
+   `BLOCK_S` seconds (a block bootstrap, seeded) for a 90 % interval; the summary counts the
+   predictions that fall inside it.
 """
 
 from __future__ import annotations
@@ -25,11 +33,12 @@ from pathlib import Path
 from typing import Any
 
 from autotune.calibration import Status, calibrate, calibrated_spec
-from autotune.latency_fit import Target, fit_latency
+from autotune.latency_fit import Target, fit_hop, fit_latency, handle_hops
 from serving.monitoring.live import parse
 from simulator import load_spec, simulate
 from simulator.config import with_overrides
 from simulator.load import validate_spec
+from simulator.service import mean_seconds
 
 __all__ = ["analyze"]
 
@@ -39,11 +48,14 @@ SUBWINDOW_S = 10.0
 NOT_POOLED = ("workload.rate_rps",)  # each case is simulated at its own offered rate
 # Calibration configs: the three deployments apart, with different batching, replicas and
 # cut-off; and the features stage fused into the ranker, which differs from "base" by exactly one
-# handle hop of the Ingress — the difference in the Ingress's CPU per request is what one hop
-# costs its caller (a single configuration cannot tell a hop from the handler's own work).
+# handle hop — the latency it loses is what one hop costs (a single configuration cannot tell a
+# hop from the handler's own work).
 CALIBRATION = ("base", "batch-32-wait-20ms", "ranker-2", "cutoff-2000")
+INGRESS = "stages.ingress.service.base_s"
 HOP_PAIR = ("base", "features-in-ranker")
 DRIFT_CHECK = "base-again"  # simulator_fidelity.py's repeat of base at the end of the run
+BLOCK_S = 2.5  # the block bootstrap's block: longer than a slow spell, short against a probe
+DRAWS = 1000
 
 
 def _fused(assignments: list[str]) -> bool:
@@ -128,35 +140,94 @@ def _simulate(spec: Any, case: dict[str, Any], speed: float) -> Any:
     )
 
 
+def _parent(data: Any, path: str) -> tuple[Any, str]:
+    """The container holding a dotted path's last part (`stages.NAME.…`: stages by name)."""
+    *parents, leaf = path.split(".")
+    for part in parents:
+        data = next(s for s in data if s["name"] == part) if isinstance(data, list) else data[part]
+    return data, leaf
+
+
 def _with(spec: Any, patch: dict[str, Any]) -> Any:
-    """The spec with dotted paths (`stages.NAME.…` by stage name) set to new values."""
+    """The spec with dotted paths set to new values."""
     data = spec.model_dump(mode="json", exclude_none=True)
     for path, value in patch.items():
-        node: Any = data
-        parts = path.split(".")
-        for part in parts[:-1]:
-            node = (
-                next(s for s in node if s["name"] == part) if isinstance(node, list) else node[part]
-            )
-        node[parts[-1]] = value
+        node, leaf = _parent(data, path)
+        node[leaf] = value
     return validate_spec(data, source="fidelity")
 
 
-def _hop_cpu(spec_path: str, workload: list[str], cases: list[dict[str, Any]]) -> float:
-    """One hop's CPU in its caller: the Ingress's marginal CPU per request with two hops (features
-    apart) less with one (features in the ranker), each pooled over its load levels."""
-    base = with_overrides(load_spec(spec_path), workload)
-    per_config = []
-    for name in HOP_PAIR:
-        values, rates = [], []
-        for case in (c for c in cases if c["config"] == name):
-            spec = with_overrides(base, case["assignments"])
-            snapshots = [parse(s["text"], s["at"]) for s in case["snapshots"]]
-            fitted = calibrate(spec, snapshots, min_subwindow_s=SUBWINDOW_S)
-            values.append(fitted.get("observed.Ingress.cpu_per_request").value)
-            rates.append(fitted.get("workload.rate_rps").value)
-        per_config.append(_marginal(values, rates))
-    return max(per_config[0] - per_config[1], 0.0)
+def _value(spec: Any, path: str) -> float:
+    node, leaf = _parent(spec.model_dump(mode="json", exclude_none=True), path)
+    return float(node[leaf])
+
+
+def _with_hop(spec: Any, seconds: float, cv: float) -> Any:
+    """The spec with a hop of `seconds` of CPU, taken out of the Ingress (the caller) once per hop
+    the calibration configs make: what the Ingress's CPU gauge counted is kept in total."""
+    rows = spec.workload.rows_per_request
+    measured = _value(spec, INGRESS) + handle_hops(spec) * mean_seconds(spec.overhead.hop, rows)
+    hop = (
+        {"model": "lognormal", "mean_s": seconds, "cv": cv}
+        if seconds > 0
+        else {"model": "deterministic", "seconds": 0.0}
+    )
+    own = max(measured - handle_hops(spec) * seconds, 1e-5)
+    return _with(spec, {"overhead.hop": hop, INGRESS: own})
+
+
+def _fit_hop_and_latency(
+    spec: Any, cases: list[dict[str, Any]], calibration_cases: list[dict[str, Any]]
+) -> tuple[Any, Any]:
+    """Speed and spread at the spec's hop; the hop at them; speed and spread at the fitted hop."""
+
+    def targets(spec: Any, chosen: list[dict[str, Any]], speed: float | None = None) -> list[Any]:
+        return [
+            Target(_case_spec(spec, c, speed), c["load"]["latency_s"]["p50"],
+                   c["load"]["latency_s"]["p99"])
+            for c in chosen
+        ]  # fmt: skip
+
+    first = fit_latency(targets(spec, calibration_cases), requests=REQUESTS,
+                        warmup_requests=WARMUP, say=print)  # fmt: skip
+    pair = [c for c in cases if c["config"] in HOP_PAIR]
+    rows = spec.workload.rows_per_request
+    ceiling = _value(spec, INGRESS) / handle_hops(spec) + mean_seconds(spec.overhead.hop, rows)
+    spread = {f"{path}.cv": first.cv for path in first.cv_paths if path != "overhead.hop"}
+    hop_fit = fit_hop(
+        lambda h: targets(_with(_with_hop(spec, h, first.cv), spread), pair, first.speed),
+        high_s=ceiling,
+        requests=REQUESTS,
+        warmup_requests=WARMUP,
+        say=print,
+    )
+    fitted = _with_hop(spec, hop_fit.seconds, first.cv)
+    fit = fit_latency(targets(fitted, calibration_cases), requests=REQUESTS,
+                      warmup_requests=WARMUP, say=print)  # fmt: skip
+    return hop_fit, fit
+
+
+def _p99_interval(records: dict[str, list[Any]] | None, seed: int = 0) -> tuple[float, float]:
+    """A 90 % interval for the probe's p99 (block bootstrap over `BLOCK_S`-second blocks of
+    answered requests); NaNs without records (raw files of runs before they were kept)."""
+    import numpy as np
+
+    if not records or not records.get("latency_s"):
+        return math.nan, math.nan
+    ok = [o == "ok" for o in records["outcome"]]
+    sent = np.asarray(records["scheduled_s"], dtype=float)[ok]
+    latency = np.asarray(records["latency_s"], dtype=float)[ok]
+    block = np.floor(sent / BLOCK_S).astype(int)
+    groups = [latency[block == b] for b in np.unique(block)]
+    rng = np.random.default_rng(seed)
+    p99s = [
+        np.percentile(
+            np.concatenate([groups[i] for i in rng.integers(0, len(groups), len(groups))]), 99
+        )
+        for _ in range(DRAWS)
+    ]
+    low, high = np.percentile(p99s, [5, 95])
+    return float(low), float(high)
 
 
 def _rel(predicted: float | None, measured: float | None) -> float:
@@ -187,27 +258,16 @@ def analyze(raw: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     for path, vs in sorted(values.items()):
         spread = f" (per case {min(vs):.4g}…{max(vs):.4g})" if len(vs) > 1 else ""
         print(f"  {path} = {pooled[path]:.4g}{spread}")
-    hop = _hop_cpu(raw["spec"], workload, cases)
-    own = pooled["stages.ingress.service.base_s"] - 2 * hop
-    print(f"  overhead.hop = {hop * 1e3:.2f} ms of the caller's CPU ({HOP_PAIR[0]} vs "
-          f"{HOP_PAIR[1]}); the Ingress's own work {own * 1e3:.2f} ms")  # fmt: skip
-    hop_model = (
-        {"model": "lognormal", "mean_s": hop, "cv": 0.3}
-        if hop > 0
-        else {"model": "deterministic", "seconds": 0.0}  # no difference seen: no hop CPU
-    )
-    spec = _with(spec, {"overhead.hop": hop_model,
-                        "stages.ingress.service.base_s": max(own, 1e-5)})  # fmt: skip
-    targets = [
-        Target(_case_spec(spec, c), c["load"]["latency_s"]["p50"], c["load"]["latency_s"]["p99"])
-        for c in calibration_cases
-    ]
-    fit = fit_latency(targets, requests=REQUESTS, warmup_requests=WARMUP, say=print)
-    speed, cv = fit.speed, fit.cv
+    hop_fit, fit = _fit_hop_and_latency(spec, cases, calibration_cases)
+    hop, speed, cv = hop_fit.seconds, fit.speed, fit.cv
+    spec = _with_hop(spec, hop, cv)
     spec = _with(spec, {f"{path}.cv": cv for path in fit.cv_paths})
+    own = _value(spec, INGRESS)
+    print(f"  overhead.hop = {hop * 1e3:.2f} ms of CPU per hop (fitted to {' vs '.join(HOP_PAIR)}'s"
+          f" p50); the Ingress's own work {own * 1e3:.2f} ms")  # fmt: skip
     print(f"  node.speed = {speed:.3f} (fitted to the calibration cases' p50)")
     print(f"  cv of every piece of CPU work = {cv:.2f} (fitted to the calibration cases' p99)")
-    print(*(f"  note: {n}" for n in fit.notes), sep="\n")
+    print(*(f"  note: {n}" for n in (*fit.notes, *filter(None, [hop_fit.note]))), sep="\n")
     rows = []
     for case in cases:
         report = _simulate(spec, case, speed)
@@ -220,11 +280,14 @@ def analyze(raw: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         predicted = {
             "p50": report.latency.p50_s, "p99": report.latency.p99_s, "rps": report.throughput_rps,
         }  # fmt: skip
+        low, high = _p99_interval(case["load"].get("records"))
         rows.append({
             "config": case["config"], "rate": case["rate"],
             "set": _set_of(case["config"], chosen),
             "measured": measured, "predicted": predicted,
             "error": {k: _rel(predicted[k], measured[k]) for k in measured},
+            "p99_interval": [low, high],
+            "p99_inside": bool(low <= predicted["p99"] <= high) if math.isfinite(low) else None,
         })  # fmt: skip
     _print(rows)
     drift = _drift(rows)
@@ -234,7 +297,7 @@ def analyze(raw: dict[str, Any], out_dir: Path) -> dict[str, Any]:
                                      for k, v in s.items()))  # fmt: skip
     result = {
         "calibrated": {**pooled, "overhead.hop": hop, "ingress_own": own, "node.speed": speed,
-                       "cv": cv},
+                       "cv": cv, "hop_fit_slope": hop_fit.slope},
         "cases": rows,
         "summary": summary,
         "drift": drift,
@@ -272,13 +335,17 @@ def _drift(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 def _print(rows: list[dict[str, Any]]) -> None:
     print(f"\n{'case':<24}{'rate':>6}  {'set':<12}" + "".join(
-        f"{h:>24}" for h in ("p50 ms pred/meas (err)", "p99 ms pred/meas (err)", "req/s pred/meas (err)")))  # fmt: skip
+        f"{h:>24}" for h in ("p50 ms pred/meas (err)", "p99 ms pred/meas (err)", "req/s pred/meas (err)"))
+        + f"{'p99 90% interval':>20}")  # fmt: skip
     for r in rows:
         cells = []
         for k, scale in (("p50", 1e3), ("p99", 1e3), ("rps", 1.0)):
             p, m, e = r["predicted"][k], r["measured"][k], r["error"][k]
             m_text = "n/a" if m is None else f"{m * scale:.1f}"
             cells.append(f"{p * scale:.1f}/{m_text} ({e:+.0%})".rjust(24))
+        low, high = r["p99_interval"]
+        inside = {True: "in", False: "out", None: ""}[r["p99_inside"]]
+        cells.append(f"{low * 1e3:.0f}..{high * 1e3:.0f} {inside}".rjust(20))
         print(f"{r['config']:<24}{r['rate']:>6.1f}  {r['set']:<12}" + "".join(cells))
 
 
@@ -293,6 +360,15 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
             errors = [abs(r["error"][k]) for r in chosen if math.isfinite(r["error"][k])]
             s[f"median |error| {k}"] = statistics.median(errors) if errors else math.nan
             s[f"worst |error| {k}"] = max(errors) if errors else math.nan
+        judged = [r for r in chosen if r["p99_inside"] is not None]
+        if judged:  # how much of the p99 error the measurement's own spread explains
+            s["p99 predictions inside the measured 90% interval"] = sum(
+                r["p99_inside"] for r in judged
+            ) / len(judged)
+            s["median half-width of the p99 interval"] = statistics.median(
+                (r["p99_interval"][1] - r["p99_interval"][0]) / 2 / r["measured"]["p99"]
+                for r in judged
+            )
         for k in ("p50", "p99"):
             s[f"rank correlation {k}"] = _spearman(
                 [r["predicted"][k] for r in chosen],

@@ -3,9 +3,11 @@
 One run deploys `CONFIGS` (batch size, batch wait, replicas, cache capacity, cut-off, the fused
 shapes) one after another on a local Ray Serve (the example spec, one small model), drives each
 with `jizhi load` at each rate in `RATES` (open-loop Poisson, from the scheduled send time), and
-records, per case, the client's latency percentiles and goodput and snapshots of Ray's metrics
-endpoint every `SNAPSHOT_S` seconds (about 20 minutes; written to `--raw`). After each deploy,
-`WARMUP_S` seconds of load that is not measured warm the fresh replicas up.
+records, per case, the client's latency percentiles, per-request latencies and goodput and
+snapshots of Ray's metrics endpoint every `SNAPSHOT_S` seconds (about 30 minutes with 60 s probes:
+a p99 needs a few hundred requests; written to `--raw`). After each deploy,
+`WARMUP_S` seconds of load that is not measured warm the fresh replicas up (`FIRST_WARMUP_S`
+for the first config: a freshly started node runs slow for a minute or two).
 
 The analysis (`benchmarks/fidelity_analysis.py`; a minute) calibrates the spec with `jizhi
 calibrate`'s fitting on the calibration cases only (`CALIBRATION`, plus one fused config that
@@ -68,6 +70,9 @@ RATES = (4.0, 10.0)
 SNAPSHOT_S = 2.0
 SETTLE_S = 6.0  # after a deploy: replicas up, and two metric reports of the new config
 WARMUP_S = 8.0  # load not measured after each deploy: first calls into fresh replicas are slow
+# After the head starts, the node is 30-50 % slower for a minute or two (measured: 20 s probes of
+# the base config at 10 req/s gave p50 75, 63, then 48-51 ms): the first config warms that up too.
+FIRST_WARMUP_S = 120.0
 
 
 def say(message: str) -> None:
@@ -118,7 +123,9 @@ def probe(model: Path, rate: float, seconds: float, seed: int, out: Path) -> dic
             f"jizhi load failed: {load.stderr.read().decode()[-400:] if load.stderr else ''}"
         )
     summary = json.loads(out.read_text())
-    summary.pop("records", None)
+    records = summary.pop("records", {})
+    # When each request was sent and how long it took: the analysis's interval for the p99.
+    summary["records"] = {k: records.get(k, []) for k in ("scheduled_s", "latency_s", "outcome")}
     return {"load": summary, "snapshots": snapshots}
 
 
@@ -136,7 +143,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             assert jizhi(["serve", str(SPEC), "--model", str(model), *sets]) == 0
             time.sleep(SETTLE_S)
             warmup = args.raw.parent / "warmup.json"
-            probe(model, RATES[-1], WARMUP_S, args.seed + 10 * c + 9, warmup)
+            warmup_s = FIRST_WARMUP_S if c == 0 else WARMUP_S
+            probe(model, RATES[-1], warmup_s, args.seed + 10 * c + 9, warmup)
             for r, rate in enumerate(RATES):
                 out = args.raw.parent / f"load-{name}-{rate:g}.json"
                 result = probe(model, rate, args.probe_s, args.seed + 10 * c + r, out)
@@ -158,7 +166,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=ROOT / "runs" / "fidelity-model")
     parser.add_argument("--raw", type=Path, default=ROOT / "out" / "fidelity" / "raw.json")
-    parser.add_argument("--probe-s", type=float, default=25.0)
+    parser.add_argument("--probe-s", type=float, default=60.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--measure-only", action="store_true")
     parser.add_argument("--analyze-only", action="store_true")

@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 
 from autotune.calibration import Status, calibrate, calibrated_spec
-from autotune.latency_fit import Target, cv_paths, fit_latency, recalibrate, with_latency_fit
+from autotune.latency_fit import (
+    Target,
+    cv_paths,
+    fit_hop,
+    fit_latency,
+    handle_hops,
+    recalibrate,
+    with_latency_fit,
+)
 from serving.monitoring.live import LiveStats
 from simulator import InputError, PipelineSpec, simulate
 from simulator.load import validate_spec
@@ -120,3 +128,60 @@ def test_recalibrate_fits_the_autopilots_signature() -> None:
     assert calibrated.workload.zipf_alpha == pytest.approx(1.0, abs=0.05)
     assert calibrated.workload.rate_rps == pytest.approx(605 / 54)
     assert calibrated.node is not None and calibrated.node.speed < 1.0
+
+
+def _hop_world(hop_s: float, front_s: float, fused: bool, rate: float) -> PipelineSpec:
+    """The tiny pipeline on a node with a hop of `hop_s` and the front's own work `front_s`;
+    `fused`: the front runs inside the model's replicas (no hop)."""
+    data = _node_spec(0.5, 0.4).model_dump(mode="json", exclude_none=True)
+    data["workload"]["rate_rps"] = rate
+    data["overhead"]["hop"] = (
+        {"model": "lognormal", "mean_s": hop_s, "cv": 0.4}
+        if hop_s > 0
+        else {"model": "deterministic", "seconds": 0.0}
+    )
+    data["stages"][0]["service"]["mean_s"] = front_s
+    data["stages"][0]["in_ranker"] = fused
+    return validate_spec(data, source="hop world")
+
+
+def test_a_known_hop_comes_back_from_a_fused_config() -> None:
+    """The real hop costs 3 ms; the front's CPU gauge counted it with its own 1 ms. Measured apart
+    and fused, at two rates; the fit moves the hop out of the front and finds the 3 ms again."""
+    true_hop, front_cpu = 0.003, 0.004
+    cases = [(fused, rate) for fused in (False, True) for rate in (60.0, 120.0)]
+    measured = []
+    for fused, rate in cases:
+        report = simulate(_hop_world(true_hop, front_cpu - true_hop, fused, rate),
+                          requests=REQUESTS, warmup_requests=200, seed=1)  # fmt: skip
+        measured.append(report.latency)
+
+    def targets_at(hop_s: float) -> list[Target]:
+        return [
+            Target(_hop_world(hop_s, front_cpu - hop_s, fused, rate), m.p50_s, m.p99_s)
+            for (fused, rate), m in zip(cases, measured, strict=True)
+        ]
+
+    fit = fit_hop(targets_at, high_s=0.0035, requests=REQUESTS, warmup_requests=200)
+    assert fit.seconds == pytest.approx(true_hop, rel=0.15)
+    assert fit.note is None and abs(fit.slope) < 0.05
+    for p50, m in zip(fit.predicted, measured, strict=True):
+        assert p50 == pytest.approx(m.p50_s, rel=0.1)
+
+
+def test_the_hop_fit_needs_two_hop_counts_and_keeps_its_bounds() -> None:
+    assert handle_hops(_hop_world(0.001, 0.001, False, 60)) == 1
+    assert handle_hops(_hop_world(0.001, 0.001, True, 60)) == 0
+    one_shape = [Target(_hop_world(0.001, 0.001, False, 60), 0.01, 0.02)]
+    with pytest.raises(InputError, match="different numbers of handle hops"):
+        fit_hop(lambda h: one_shape, high_s=0.001)
+    # The fused config measured slower than apart: no hop explains it, 0 is kept and said.
+    observed = {False: 0.010, True: 0.020}
+
+    def slow_fused(hop_s: float) -> list[Target]:
+        return [Target(_hop_world(hop_s, 0.004 - hop_s, fused, 60), p50, 2 * p50)
+                for fused, p50 in observed.items()]  # fmt: skip
+
+    fit = fit_hop(slow_fused, high_s=0.003, requests=500, warmup_requests=50)
+    assert fit.seconds == 0.0 and fit.note is not None and "0 kept" in fit.note
+    assert fit.simulations == 1
