@@ -206,7 +206,7 @@ def fit_latency(
 class HopFit:
     seconds: float  # CPU of one handle hop, as `overhead.hop`'s mean
     predicted: tuple[float, ...]  # p50 per target at it
-    slope: float  # of p50 log error against hops, at it (0 when inside the bounds)
+    slope: float  # of p50 log error against hops, at it (near 0 unless a bound was kept)
     simulations: int
     note: str | None = None
 

@@ -58,10 +58,6 @@ BLOCK_S = 2.5  # the block bootstrap's block: longer than a slow spell, short ag
 DRAWS = 1000
 
 
-def _fused(assignments: list[str]) -> bool:
-    return any(a.endswith("in_ranker=true") for a in assignments)
-
-
 def _model_workload(model: str) -> list[str]:
     """The served model's shape replaces the spec's, as `jizhi load --model` does."""
     from serving.models import read_artifact
