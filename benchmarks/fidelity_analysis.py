@@ -158,11 +158,17 @@ def _value(spec: Any, path: str) -> float:
     return float(node[leaf])
 
 
+def _ingress_cpu(spec: Any) -> float:
+    """The Ingress's CPU per request as its gauge counted it: its own work and the hops it calls
+    (calibration took the spec's hops out)."""
+    hop = mean_seconds(spec.overhead.hop, spec.workload.rows_per_request)
+    return _value(spec, INGRESS) + handle_hops(spec) * hop
+
+
 def _with_hop(spec: Any, seconds: float, cv: float) -> Any:
     """The spec with a hop of `seconds` of CPU, taken out of the Ingress (the caller) once per hop
     the calibration configs make: what the Ingress's CPU gauge counted is kept in total."""
-    rows = spec.workload.rows_per_request
-    measured = _value(spec, INGRESS) + handle_hops(spec) * mean_seconds(spec.overhead.hop, rows)
+    measured = _ingress_cpu(spec)
     hop = (
         {"model": "lognormal", "mean_s": seconds, "cv": cv}
         if seconds > 0
@@ -187,8 +193,7 @@ def _fit_hop_and_latency(
     first = fit_latency(targets(spec, calibration_cases), requests=REQUESTS,
                         warmup_requests=WARMUP, say=print)  # fmt: skip
     pair = [c for c in cases if c["config"] in HOP_PAIR]
-    rows = spec.workload.rows_per_request
-    ceiling = _value(spec, INGRESS) / handle_hops(spec) + mean_seconds(spec.overhead.hop, rows)
+    ceiling = _ingress_cpu(spec) / handle_hops(spec)  # the Ingress's whole CPU, hops and all
     spread = {f"{path}.cv": first.cv for path in first.cv_paths if path != "overhead.hop"}
     hop_fit = fit_hop(
         lambda h: targets(_with(_with_hop(spec, h, first.cv), spread), pair, first.speed),
