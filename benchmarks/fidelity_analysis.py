@@ -21,6 +21,9 @@
    a probe's slowest requests come in runs. `_p99_interval` resamples the probe in blocks of
    `BLOCK_S` seconds (a block bootstrap, seeded) for a 90 % interval; the summary counts the
    predictions that fall inside it.
+6. The burst profile (`fidelity_bursts`): each probe's own send times replayed through the model,
+   and the median latency of requests alone, with one, and with two or more sent in the 50 ms
+   before them, measured against simulated — how each system treats a burst.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import math
 import statistics
 from pathlib import Path
 from typing import Any
+
+from fidelity_bursts import burst_profile, print_profiles
 
 from autotune.calibration import Status, calibrate, calibrated_spec
 from autotune.latency_fit import Target, fit_hop, fit_latency, handle_hops
@@ -270,6 +275,7 @@ def analyze(raw: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     print(f"  cv of every piece of CPU work = {cv:.2f} (fitted to the calibration cases' p99)")
     print(*(f"  note: {n}" for n in (*fit.notes, *filter(None, [hop_fit.note]))), sep="\n")
     rows = []
+    bursts = []
     for case in cases:
         report = _simulate(spec, case, speed)
         latency = case["load"]["latency_s"]
@@ -290,7 +296,14 @@ def analyze(raw: dict[str, Any], out_dir: Path) -> dict[str, Any]:
             "p99_interval": [low, high],
             "p99_inside": bool(low <= predicted["p99"] <= high) if math.isfinite(low) else None,
         })  # fmt: skip
+        if case["load"].get("records"):
+            profile = burst_profile(_case_spec(spec, case, speed), case["load"]["records"],
+                                    case["load"].get("sent_rps") or case["rate"])  # fmt: skip
+            rows[-1]["bursts"] = profile
+            bursts.append((case["config"], case["rate"], profile))
     _print(rows)
+    if bursts:
+        print_profiles(bursts)
     drift = _drift(rows)
     summary = _summary(rows)
     for name, s in summary.items():

@@ -9,14 +9,16 @@ a p99 needs a few hundred requests; written to `--raw`). After each deploy,
 `WARMUP_S` seconds of load that is not measured warm the fresh replicas up (`FIRST_WARMUP_S`
 for the first config: a freshly started node runs slow for a minute or two).
 
-The analysis (`benchmarks/fidelity_analysis.py`; a minute) calibrates the spec with `jizhi
+The analysis (`benchmarks/fidelity_analysis.py`; about 6 minutes) calibrates the spec with `jizhi
 calibrate`'s fitting on the calibration cases only (`CALIBRATION`, plus one fused config that
 identifies a handle hop's CPU), fits the share of a core the pipeline gets (`node.speed`) and the
 spread of CPU work (`cv`) to the calibration cases' p50 and p99, simulates every case with the
 calibrated spec at its offered rate, and prints per case predicted vs measured p50, p99 and
 throughput with relative errors, the median and worst error on the calibration cases and on the
-held-out ones, and the Spearman rank correlation of predicted and measured p50 and p99; it writes
-a JSON and a PNG (predicted against measured, log-log, with y = x).
+held-out ones, the Spearman rank correlation of predicted and measured p50 and p99, and each
+probe's burst profile (its send times replayed through the model: the median latency of requests
+alone and of those right behind others, measured against simulated); it writes a JSON and a PNG
+(predicted against measured, log-log, with y = x).
 
 Bounded: loopback only, `len(CONFIGS) × len(RATES)` probes of `--probe-s` seconds. The script
 starts a loopback Ray head (as `jizhi serve` does) unless one answers and stops it if it started

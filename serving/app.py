@@ -17,6 +17,7 @@ capacity, cut-off. Built by `build_app(args)` — the `import_path` of the Serve
 """
 
 # NOTE: no `from __future__ import annotations`: FastAPI must see the real `Request` type.
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,7 @@ from serving.protocol import (
 )
 from serving.stores import open_store
 
-__all__ = ["AppArgs", "build_app"]
+__all__ = ["AppArgs", "build_app", "intra_op_threads"]
 
 MAX_BODY_BYTES = 8 << 20
 
@@ -59,7 +60,7 @@ class AppArgs(BaseModel):
     ingress_in_ranker: bool = False
     device: str = "cpu"
     max_concurrent_batches: int = 1
-    torch_threads: int = 1  # intra-op threads per ranker replica: its whole CPUs, at least 1
+    torch_threads: int = 1  # the ranker replica's CPUs (see `intra_op_threads`), at least 1
     stage_names: tuple[str, str, str] = ("ingress", "features", "ranker")
 
     @model_validator(mode="after")
@@ -69,6 +70,31 @@ class AppArgs(BaseModel):
                 "ingress_in_ranker needs features_in_ranker: the lookup runs there too"
             )
         return self
+
+
+def intra_op_threads(cpus: int, node_cpus: float | None, cores: int) -> int:
+    """Torch's intra-op threads for a replica of `cpus` CPUs on a node that advertises `node_cpus`
+    CPUs to Ray and has `cores` cores: its share of the real cores, at least 1.
+
+    A head that advertises more CPUs than its machine has (`jizhi serve` does on a small machine,
+    so that production-sized configs fit) hands out CPUs that are not there; OpenMP threads that
+    outnumber the free cores then wait at every barrier for a core another process holds, and
+    the whole service slows (docs/serving.md, "Torch's threads").
+    """
+    if node_cpus is None or node_cpus <= cores:
+        return max(1, cpus)
+    return max(1, int(cpus * cores / node_cpus))
+
+
+def _node_cpus() -> float | None:
+    """The CPUs Ray advertises on this replica's node (None when it cannot tell)."""
+    import ray
+
+    here = ray.get_runtime_context().get_node_id()
+    for node in ray.nodes():
+        if node.get("NodeID") == here:
+            return float(node.get("Resources", {}).get("CPU", 0.0)) or None
+    return None
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -154,9 +180,10 @@ class _RankerCore:
             raise RuntimeError(
                 "the config asks for a GPU ranker but this replica sees no CUDA device"
             )
-        # Ray sets OMP_NUM_THREADS from num_cpus; a replica that oversubscribes its CPUs slows
-        # every replica on the node, so the intra-op pool is pinned to the replica's own CPUs.
-        torch.set_num_threads(args.torch_threads)
+        # Ray sets OMP_NUM_THREADS from num_cpus, which may be more cores than the node has.
+        torch.set_num_threads(
+            intra_op_threads(args.torch_threads, _node_cpus(), len(os.sched_getaffinity(0)))
+        )
         self.model = read_artifact(Path(args.model_dir)).dense_torchscript(self.device)
         self._torch = torch
         self.metrics = StageMetrics(args.stage_names[2])
@@ -175,12 +202,12 @@ class _RankerCore:
             self._lookup.reconfigure(config)
 
     def batching(self) -> dict[str, Any]:
-        """The live batching settings and this replica's process id (for tests and status)."""
-        import os
-
+        """The live batching settings, torch's threads and this replica's process id (for tests
+        and status)."""
         return {
             "max_batch_size": self._batched._get_max_batch_size(),
             "batch_wait_timeout_s": self._batched._get_batch_wait_timeout_s(),
+            "torch_threads": self._torch.get_num_threads(),
             "pid": os.getpid(),
         }
 

@@ -30,8 +30,10 @@ Each rule is Ray Serve's own (ray 2.60, python/ray/serve):
 - Node (optional `spec.node`, `simulator.node`): the pipeline's processes share `cores` cores. The
   proxy's handling of a request and of its response, each hop and each batch's service time hold
   a core while they run (work waits FIFO for one); the proxy is one actor handling at most
-  `proxy_concurrency` requests at once. Without it, every replica has a CPU of its own and the
-  overheads are pure delays.
+  `proxy_concurrency` requests at once. A replica is one process: its batches and the hops it
+  calls run on its one `ReplicaThread`, one piece at a time; the first stage's replica makes
+  every call (an ingress calling each later deployment), so a hop is CPU on that replica's
+  thread. Without a node, every replica has a CPU of its own and the overheads are pure delays.
 
 Timing: warm-up requests run but are not counted; statistics cover the measured requests and the
 window between the first and last measured arrival. Arrivals continue until every measured
@@ -59,7 +61,7 @@ import simpy
 from simulator.cache import KeyCache, make_cache
 from simulator.config import ServingConfig, apply_config, config_warnings
 from simulator.errors import InputError
-from simulator.node import Cpu, Proxy, node_stats
+from simulator.node import Cpu, Proxy, ReplicaThread, node_stats
 from simulator.report import (
     CacheStats,
     LatencyStats,
@@ -79,7 +81,7 @@ _BACKOFF_STEPS = 32  # retries past the last of these wait the last one
 
 
 class _Request:
-    __slots__ = ("arrived", "entered", "index", "keys", "measured", "rows", "started")
+    __slots__ = ("arrived", "caller", "entered", "index", "keys", "measured", "rows", "started")
 
     def __init__(self, index: int, arrived: float, rows: int, measured: bool) -> None:
         self.index = index
@@ -89,13 +91,18 @@ class _Request:
         self.keys: Any = None
         self.entered = 0.0
         self.started = 0.0
+        # with a node: the thread of the first stage's replica, which makes the handle calls
+        self.caller: ReplicaThread | None = None
 
 
 class _Replica:
-    __slots__ = ("cache", "form_id", "forming", "index", "ongoing", "ready", "running", "waiting")
+    __slots__ = (
+        "cache", "form_id", "forming", "index", "ongoing", "ready", "running", "thread", "waiting",
+    )  # fmt: skip
 
-    def __init__(self, index: int, cache: KeyCache | None) -> None:
+    def __init__(self, index: int, cache: KeyCache | None, thread: ReplicaThread | None) -> None:
         self.index = index
+        self.thread = thread  # with a node: the replica's CPU work, one piece at a time
         self.ongoing = 0  # requests held: batch queue + forming + ready + running
         self.waiting: deque[_Request] = deque()  # the replica's batch queue
         self.forming: list[_Request] | None = None
@@ -158,6 +165,7 @@ class _Stage:
                 make_cache(lookup.cache_policy or "none", lookup.cache_capacity or 0)
                 if lookup is not None
                 else None,
+                ReplicaThread(sim.cpu) if sim.cpu is not None else None,
             )
             for i in range(spec.replicas)
         ]
@@ -279,6 +287,8 @@ class _Stage:
 
     def _assign(self, replica: _Replica, req: _Request) -> None:
         replica.ongoing += 1
+        if self.position == 0:
+            req.caller = replica.thread
         if self.trace is not None:
             self.trace.append((self.sim.env.now, "assign", self.name, req.index, replica.index))
         if self.max_batch == 1:
@@ -351,14 +361,13 @@ class _Stage:
             self.batches += 1
             self.batch_requests += len(batch)
             self.batch_rows += rows
-        cpu = sim.cpu
-        if cpu is None:
+        if replica.thread is None:
             if sim.measuring:
                 self.busy_s += seconds + store_s
             done = sim.env.timeout(seconds + store_s, (replica, batch))
             done.callbacks.append(self._on_done)
-        else:  # the multi-get is I/O (no core), then the batch's CPU work on a core
-            cpu.run_after(store_s, seconds, (replica, batch), (self._on_node_done,))
+        else:  # the multi-get is I/O (no core), then the batch's CPU work on the replica's thread
+            replica.thread.run_after(store_s, seconds, (replica, batch), (self._on_node_done,))
 
     def _lookup(self, replica: _Replica, batch: list[_Request]) -> float:
         """Cut and replay the batch's keys through the replica's cache; the store time of its misses."""
@@ -621,16 +630,15 @@ class _Simulation:
                     self._respond(req, now)
             return
         hop = self.hop
-        cpu = self.cpu
         for req in batch:
             delay = hop(req.rows)
             if delay > 0.0:
                 self.in_transit += 1
-                if cpu is None:
+                if req.caller is None:
                     ev = self.env.timeout(delay, (nxt, req))
                     ev.callbacks.append(self._on_enter)
-                else:  # the caller's (Ray's) work: a core, no replica
-                    cpu.run(delay, (nxt, req), (self._on_enter,))
+                else:  # the caller's (Ray's) work, on the calling replica's thread
+                    req.caller.run(delay, (nxt, req), (self._on_enter,))
             else:
                 nxt.accept(req)
 

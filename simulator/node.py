@@ -6,7 +6,8 @@ with other processes. With a `node`, the engine runs each piece of CPU work — 
 of a request and of its response, each handle hop, each batch's service time (merged `in_ranker`
 work included) — through `Cpu.run`: it holds one of `cores` cores for `seconds / speed`, and work
 that finds every core taken waits FIFO. The HTTP proxy is a `Proxy`: one actor that handles at most
-`proxy_concurrency` requests at once, each of them also holding a core.
+`proxy_concurrency` requests at once, each of them also holding a core. A replica's work —
+its batches, and the hops it calls — runs on its `ReplicaThread`: one piece at a time, on a core.
 
 What it approximates: the OS scheduler shares cores in slices of a few ms among runnable threads
 (closer to processor sharing); here a piece of work, once it has a core, keeps it until it ends
@@ -28,7 +29,7 @@ import simpy
 from simulator.report import NodeStats
 from simulator.spec import NodeSpec
 
-__all__ = ["Callback", "Cpu", "Proxy", "node_stats"]
+__all__ = ["Callback", "Cpu", "Proxy", "ReplicaThread", "node_stats"]
 
 Callback = Callable[[simpy.Event], None]
 
@@ -113,6 +114,48 @@ class Cpu(_Meter):
         self.busy -= 1
         if self.waiting:
             self._start(*self.waiting.popleft())
+
+
+class ReplicaThread:
+    """A replica's one Python thread (one event loop, the GIL): the replica's CPU work runs one
+    piece at a time, FIFO, each piece also holding a core of the node's `Cpu`."""
+
+    __slots__ = ("busy", "cpu", "waiting")
+
+    def __init__(self, cpu: Cpu) -> None:
+        self.cpu = cpu
+        self.busy = False
+        self.waiting: deque[tuple[float, Any, tuple[Callback, ...]]] = deque()
+
+    def run(self, seconds: float, value: Any, callbacks: tuple[Callback, ...]) -> None:
+        """`Cpu.run` once the thread is free."""
+        if seconds <= 0.0:
+            self.cpu.run(seconds, value, callbacks)
+        elif self.busy:
+            self.waiting.append((seconds, value, callbacks))
+        else:
+            self.busy = True
+            self.cpu.run(seconds, value, (self._release, *callbacks))
+
+    def run_after(
+        self, delay: float, seconds: float, value: Any, callbacks: tuple[Callback, ...]
+    ) -> None:
+        """Wait `delay` holding neither the thread nor a core (I/O), then `run`."""
+        if delay <= 0.0:
+            self.run(seconds, value, callbacks)
+            return
+        event = self.cpu.env.timeout(delay, (seconds, value, callbacks))
+        event.callbacks.append(self._after_delay)
+
+    def _after_delay(self, event: simpy.Event) -> None:
+        self.run(*cast(tuple[float, Any, tuple[Callback, ...]], event.value))
+
+    def _release(self, _event: simpy.Event) -> None:
+        if self.waiting:
+            seconds, value, callbacks = self.waiting.popleft()
+            self.cpu.run(seconds, value, (self._release, *callbacks))
+        else:
+            self.busy = False
 
 
 class Proxy(_Meter):

@@ -6,6 +6,7 @@ it serving the `SMALL` config."""
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.request
 from pathlib import Path
@@ -17,6 +18,7 @@ import tritonclient.http as triton
 
 from jizhi.cli import main
 from serving import cluster
+from serving.app import intra_op_threads
 from serving.models import read_artifact
 
 from .services import EXAMPLE_SPEC, SMALL
@@ -110,6 +112,7 @@ def test_bad_requests_get_4xx_with_error_and_the_next_request_succeeds(served: P
 
 
 def _describe(deployment: str, method: str) -> dict[str, Any]:
+    """`method`'s answer from a replica of `deployment`, with the CPUs the node advertises."""
     import ray
     from ray import serve
 
@@ -117,7 +120,7 @@ def _describe(deployment: str, method: str) -> dict[str, Any]:
     try:
         handle = serve.get_deployment_handle(deployment, app_name="jizhi")
         result: dict[str, Any] = getattr(handle, method).remote().result(timeout_s=30)
-        return result
+        return {**result, "node_cpus": ray.cluster_resources()["CPU"]}
     finally:
         ray.shutdown()
 
@@ -126,6 +129,9 @@ def test_config_change_applies_in_place_on_the_same_replicas(served: Path) -> No
     ranker_before = _describe("Ranker", "batching")
     features_before = _describe("Features", "describe")
     assert ranker_before["max_batch_size"] == 8
+    # the example's ranker asks for 2 CPUs; the head advertises more than this machine has
+    threads = intra_op_threads(2, ranker_before["node_cpus"], len(os.sched_getaffinity(0)))
+    assert ranker_before["torch_threads"] == threads
     assert features_before["cache_capacity"] == 20000
     spec = EXAMPLE_SPEC
     changed = [*SMALL, "--set", "ranker.max_batch_size=4", "--set", "ranker.batch_wait_timeout_s=0.002",
@@ -137,13 +143,12 @@ def test_config_change_applies_in_place_on_the_same_replicas(served: Path) -> No
         time.sleep(0.5)
         ranker_after = _describe("Ranker", "batching")
     assert ranker_after == {
-        "max_batch_size": 4,
-        "batch_wait_timeout_s": 0.002,
-        "pid": ranker_before["pid"],
-    }
-    assert _describe("Features", "describe") == {
-        "cache_policy": "lru", "cache_capacity": 500, "cutoff_rank": 1000, "pid": features_before["pid"],
+        **ranker_before, "max_batch_size": 4, "batch_wait_timeout_s": 0.002,
     }  # fmt: skip
+    assert _describe("Features", "describe") == {
+        **features_before, "cache_capacity": 500, "cutoff_rank": 1000,
+    }  # fmt: skip
+    assert features_before["cache_policy"] == "lru"
     # the cut-off is live: scores now equal the model's with long-tail keys zeroed
     artifact = read_artifact(served)
     ids, dense = _rows(served, 6, seed=3)

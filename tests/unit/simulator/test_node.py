@@ -145,6 +145,30 @@ def test_a_response_goes_ahead_of_requests_the_proxy_has_not_begun(tmp_path: Pat
     ]
 
 
+def test_a_replica_runs_its_work_and_its_calls_one_piece_at_a_time(tmp_path: Path) -> None:
+    """Cores to spare, but one front replica: its own work (1 ms) and the handle calls it makes
+    (2 ms each, the caller's CPU) run on its one thread, one piece at a time, FIFO."""
+    trace = _trace(
+        tmp_path,
+        [0.0, 0.0],
+        {
+            "stages": [
+                {"name": "front", "service": _det(0.001), "replicas": 1},
+                {"name": "back", "service": _det(0.004), "replicas": 2},
+            ],
+            "node": {"cores": 4},
+            "overhead": {"hop": _det(0.002)},
+        },
+    )
+    front_done = [(e[0], e[-1]) for e in trace if e[1] == "done" and e[2] == "front"]
+    assert front_done == [(0.001, (0,)), (0.002, (1,))]
+    # request 0's call waits for request 1's own work (1 to 2 ms) and runs 2 to 4 ms; request 1's
+    # call runs 4 to 6 ms. With a core per call instead, the back stage would start at 3 and 4 ms.
+    back_start = [(e[0], e[-1]) for e in trace if e[1] == "start" and e[2] == "back"]
+    assert back_start == [(0.004, (0,)), (0.006, (1,))]
+    assert [(e[0], e[2]) for e in trace if e[1] == "complete"] == [(0.008, 0), (0.01, 1)]
+
+
 # --- (b) one core, exponential service: the same queue as M/M/1 --------------------------------
 
 
@@ -224,9 +248,19 @@ def test_proxy_is_an_md1_server(rho: float) -> None:
 
 
 def test_many_cores_and_a_wide_proxy_match_the_model_without_node() -> None:
-    plain = simulate(example("ctr.yaml"), requests=10_000, seed=8)
+    """Hops cost no CPU here: with a node, a hop is CPU on the calling replica's one thread (the
+    example's 0.4 ms hops would load its two Ingress replicas to ~90 % at 1500 req/s)."""
+
+    def free_hops(spec: PipelineSpec) -> PipelineSpec:
+        data = spec.model_dump(mode="json", exclude_none=True)
+        data["overhead"]["hop"] = _det(0.0)
+        return validate_spec(data, source="test")
+
+    plain = simulate(free_hops(example("ctr.yaml")), requests=10_000, seed=8)
     wide = simulate(
-        example("ctr.yaml", "node.cores=64", "node.proxy_concurrency=64"), requests=10_000, seed=8
+        free_hops(example("ctr.yaml", "node.cores=64", "node.proxy_concurrency=64")),
+        requests=10_000,
+        seed=8,
     )
     assert wide.latency.p50_s == pytest.approx(plain.latency.p50_s, rel=0.05)
     assert wide.latency.p99_s == pytest.approx(plain.latency.p99_s, rel=0.05)
