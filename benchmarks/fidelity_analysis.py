@@ -302,6 +302,10 @@ def analyze(raw: dict[str, Any], out_dir: Path) -> dict[str, Any]:
             rows[-1]["bursts"] = profile
             bursts.append((case["config"], case["rate"], profile))
     _print(rows)
+    busy = [f"{c['config']} at {c['rate']:g} req/s ({c['steal']:.0%})" for c in cases
+            if c.get("busy_host")]  # fmt: skip
+    if busy:
+        print(f"probes on a busy host (the hypervisor took CPU time): {', '.join(busy)}")
     if bursts:
         print_profiles(bursts)
     drift = _drift(rows)

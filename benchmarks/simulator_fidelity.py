@@ -70,6 +70,7 @@ CONFIGS: dict[str, tuple[str, ...]] = {
 DRIFT_CHECK = "base-again"
 RATES = (4.0, 10.0)
 SNAPSHOT_S = 2.0
+STEAL_WARN = 0.05  # a probe during which the hypervisor took more CPU than this is flagged
 SETTLE_S = 6.0  # after a deploy: replicas up, and two metric reports of the new config
 WARMUP_S = 8.0  # load not measured after each deploy: first calls into fresh replicas are slow
 # After the head starts, the node is 30-50 % slower for a minute or two (measured: 20 s probes of
@@ -106,14 +107,23 @@ def ensure_model(path: Path) -> Path:
     return path
 
 
+def _ticks() -> tuple[int, int]:
+    """(ticks the hypervisor stole, all ticks) of the machine so far, from /proc/stat."""
+    with Path("/proc/stat").open() as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    return ticks[7], sum(ticks[:8])
+
+
 def probe(model: Path, rate: float, seconds: float, seed: int, out: Path) -> dict[str, Any]:
-    """One load run in a subprocess, with snapshots of the metrics endpoint while it runs."""
+    """One load run in a subprocess, with snapshots of the metrics endpoint while it runs and the
+    share of the machine's CPU time the hypervisor stole meanwhile (a VM's `st`)."""
     command = [
         sys.executable, "-m", "jizhi.cli", "load", "http://127.0.0.1:8000", "--rate", str(rate),
         "--duration", str(seconds), "--model", str(model), "--seed", str(seed), "--binary",
         "--out", str(out),
     ]  # fmt: skip
     snapshots = [_scrape()]
+    stolen, total = _ticks()
     load = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     while load.poll() is None:
         time.sleep(SNAPSHOT_S)
@@ -124,11 +134,18 @@ def probe(model: Path, rate: float, seconds: float, seed: int, out: Path) -> dic
         raise RuntimeError(
             f"jizhi load failed: {load.stderr.read().decode()[-400:] if load.stderr else ''}"
         )
+    stolen_after, total_after = _ticks()
+    steal = (stolen_after - stolen) / max(total_after - total, 1)
     summary = json.loads(out.read_text())
     records = summary.pop("records", {})
     # When each request was sent and how long it took: the analysis's interval for the p99.
     summary["records"] = {k: records.get(k, []) for k in ("scheduled_s", "latency_s", "outcome")}
-    return {"load": summary, "snapshots": snapshots}
+    return {
+        "load": summary,
+        "snapshots": snapshots,
+        "steal": steal,
+        "busy_host": steal > STEAL_WARN,
+    }
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -154,7 +171,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 say(
                     f"    {rate:5.1f} req/s: p50 {latency['p50'] * 1e3:7.1f} ms, p99 "
                     f"{(latency['p99'] or float('inf')) * 1e3:7.1f} ms, goodput "
-                    f"{result['load']['goodput_rps']:.2f}/s  ({time.monotonic() - began:.0f} s)"
+                    f"{result['load']['goodput_rps']:.2f}/s, steal {result['steal']:.0%}"
+                    f"{'  (a busy host: compare with care)' if result['busy_host'] else ''}"
+                    f"  ({time.monotonic() - began:.0f} s)"
                 )
                 cases.append({"config": name, "assignments": assignments, "rate": rate, **result})
                 time.sleep(2.0)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 import simpy
 
@@ -32,6 +32,21 @@ from simulator.spec import NodeSpec
 __all__ = ["Callback", "Cpu", "Proxy", "ReplicaThread", "node_stats"]
 
 Callback = Callable[[simpy.Event], None]
+
+
+def _after_io(
+    env: simpy.Environment,
+    delay: float,
+    run: Callable[[float, Any, tuple[Callback, ...]], None],
+    seconds: float,
+    value: Any,
+    callbacks: tuple[Callback, ...],
+) -> None:
+    """Wait `delay` holding nothing (I/O), then `run(seconds, value, callbacks)`."""
+    if delay <= 0.0:
+        run(seconds, value, callbacks)
+        return
+    env.timeout(delay).callbacks.append(lambda _event: run(seconds, value, callbacks))
 
 
 class _Meter:
@@ -85,14 +100,7 @@ class Cpu(_Meter):
         self, delay: float, seconds: float, value: Any, callbacks: tuple[Callback, ...]
     ) -> None:
         """Wait `delay` holding no core (I/O), then `run`."""
-        if delay <= 0.0:
-            self.run(seconds, value, callbacks)
-            return
-        event = self.env.timeout(delay, (seconds, value, callbacks))
-        event.callbacks.append(self._after_delay)
-
-    def _after_delay(self, event: simpy.Event) -> None:
-        self.run(*cast(tuple[float, Any, tuple[Callback, ...]], event.value))
+        _after_io(self.env, delay, self.run, seconds, value, callbacks)
 
     def _start(
         self, queued: float, seconds: float, value: Any, callbacks: tuple[Callback, ...]
@@ -141,14 +149,7 @@ class ReplicaThread:
         self, delay: float, seconds: float, value: Any, callbacks: tuple[Callback, ...]
     ) -> None:
         """Wait `delay` holding neither the thread nor a core (I/O), then `run`."""
-        if delay <= 0.0:
-            self.run(seconds, value, callbacks)
-            return
-        event = self.cpu.env.timeout(delay, (seconds, value, callbacks))
-        event.callbacks.append(self._after_delay)
-
-    def _after_delay(self, event: simpy.Event) -> None:
-        self.run(*cast(tuple[float, Any, tuple[Callback, ...]], event.value))
+        _after_io(self.cpu.env, delay, self.run, seconds, value, callbacks)
 
     def _release(self, _event: simpy.Event) -> None:
         if self.waiting:
