@@ -34,21 +34,6 @@ __all__ = ["Callback", "Cpu", "Proxy", "ReplicaThread", "node_stats"]
 Callback = Callable[[simpy.Event], None]
 
 
-def _after_io(
-    env: simpy.Environment,
-    delay: float,
-    run: Callable[[float, Any, tuple[Callback, ...]], None],
-    seconds: float,
-    value: Any,
-    callbacks: tuple[Callback, ...],
-) -> None:
-    """Wait `delay` holding nothing (I/O), then `run(seconds, value, callbacks)`."""
-    if delay <= 0.0:
-        run(seconds, value, callbacks)
-        return
-    env.timeout(delay).callbacks.append(lambda _event: run(seconds, value, callbacks))
-
-
 class _Meter:
     """Time-integral of `busy` servers and the waits before them, over the measurement window."""
 
@@ -95,12 +80,6 @@ class Cpu(_Meter):
             self._start(self.env.now, seconds, value, callbacks)
         else:
             self.waiting.append((self.env.now, seconds, value, callbacks))
-
-    def run_after(
-        self, delay: float, seconds: float, value: Any, callbacks: tuple[Callback, ...]
-    ) -> None:
-        """Wait `delay` holding no core (I/O), then `run`."""
-        _after_io(self.env, delay, self.run, seconds, value, callbacks)
 
     def _start(
         self, queued: float, seconds: float, value: Any, callbacks: tuple[Callback, ...]
@@ -149,7 +128,12 @@ class ReplicaThread:
         self, delay: float, seconds: float, value: Any, callbacks: tuple[Callback, ...]
     ) -> None:
         """Wait `delay` holding neither the thread nor a core (I/O), then `run`."""
-        _after_io(self.cpu.env, delay, self.run, seconds, value, callbacks)
+        if delay <= 0.0:
+            self.run(seconds, value, callbacks)
+            return
+        self.cpu.env.timeout(delay).callbacks.append(
+            lambda _event: self.run(seconds, value, callbacks)
+        )
 
     def _release(self, _event: simpy.Event) -> None:
         if self.waiting:
