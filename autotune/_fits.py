@@ -1,4 +1,5 @@
-"""The fits behind `autotune.calibration`: one method per parameter, each adding `Fitted` rows.
+"""The fits behind `autotune.calibration`: one method per parameter, each adding `Fitted` rows
+(the parameter store's and the cache's are functions of `autotune._lookup_fits`).
 
 Every fit reads the sub-windows (`autotune._windows`) of one application and uses the estimators
 of `autotune._fitting`; none does I/O.
@@ -13,7 +14,6 @@ from enum import Enum
 from autotune import _fitting
 from autotune._windows import SubWindow
 from serving.monitoring.live import Window, in_flight_change, summarize
-from simulator.cache import CachePolicy
 from simulator.errors import InputError
 from simulator.service import mean_seconds
 from simulator.spec import (
@@ -33,16 +33,13 @@ from simulator.spec import (
 __all__ = ["Fits", "Fitted", "Host", "Status", "hosts_of", "stage_deployments"]
 
 _HTTP = "ray_serve_num_http_requests_total"
-_REQUESTS = "ray_serve_deployment_processing_latency_ms_count"
-_BATCHES = "ray_serve_batch_execution_time_ms_count"
-_STORE = "ray_jizhi_store_lookup_seconds"
-_HITS = "ray_jizhi_cache_hits_total"
-_MISSES = "ray_jizhi_cache_misses_total"
-_CUT = "ray_jizhi_keys_cut_total"
+# Metrics the stage fits here and the lookup fits (`autotune._lookup_fits`) both read:
+REQUESTS = "ray_serve_deployment_processing_latency_ms_count"
+BATCHES = "ray_serve_batch_execution_time_ms_count"
+STORE = "ray_jizhi_store_lookup_seconds"
 _SERVING_SHAPE = (StageKind.COMPUTE, StageKind.FEATURES, StageKind.COMPUTE)
 _SERVING_DEPLOYMENTS = ("Ingress", "Features", "Ranker")  # serving/app.py's deployment names
 _MIN_SPEED = 0.01
-_ALPHA_AGREE = 0.05  # the hit-rate and keys-cut estimates of alpha agree within this
 _MIN_SERVICE_S = 1e-6
 
 
@@ -255,13 +252,13 @@ class Fits:
     def stage(self, host: Host) -> None:
         dep, stage = host.deployment, host.stage
         rows_per_request = self.spec.workload.rows_per_request
-        requests = self.counts(_REQUESTS, dep)
+        requests = self.counts(REQUESTS, dep)
         if sum(requests) <= 0:
             raise InputError(
                 f"stage {stage.name}: deployment '{dep}' handled no requests in the window "
-                f"({_REQUESTS}): is it deployed under that name, and does traffic reach it?"
+                f"({REQUESTS}): is it deployed under that name, and does traffic reach it?"
             )
-        batches = self.counts(_BATCHES, dep)
+        batches = self.counts(BATCHES, dep)
         batched = stage.max_batch_size > 1 and sum(batches) > 0
         calls = batches if batched else requests
         rows = [r * rows_per_request for r in requests]
@@ -276,7 +273,7 @@ class Fits:
         )
         taken: list[str] = []
         if host.lookup is not None and self.store_in_process:
-            store = self.counts(f"{_STORE}_sum", dep)
+            store = self.counts(f"{STORE}_sum", dep)
             cpu = [c - x for c, x in zip(cpu, store, strict=True)]
             taken.append("the store's time")
         if host is self.hosts[0] and len(self.hosts) > 1:
@@ -350,7 +347,7 @@ class Fits:
             note=f"{min(x):.3g}–{max(x):.3g} across sub-windows",
         )
         source += " / batches"
-        fitted = _line(x, y, [batches[i] for i in keep], self.min_spread)
+        fitted = _fitting.line_or_why(x, y, [batches[i] for i in keep], self.min_spread)
         if isinstance(fitted, _fitting.Line):
             note = f"CPU per batch{less}, as base + per_row × rows over {len(x)} sub-windows"
             self.add(
@@ -367,191 +364,6 @@ class Fits:
             note += f"; came out {base * 1e3:.3g} ms, written as 0"
         self.add(f"{prefix}.base_s", max(base, 0.0), se, "s", source, note=note)
         self.add(f"{prefix}.per_row_s", per_row, math.nan, "s", "spec", status=Status.KEPT)
-
-    # -- parameter store and cache --------------------------------------------------------------
-
-    def store(self, host: Host) -> None:
-        lookup = host.lookup
-        assert lookup is not None and lookup.store is not None
-        prefix, spec_store = f"stages.{lookup.name}.store", lookup.store
-        counts = self.counts(f"{_STORE}_count", host.deployment)
-        sums = self.counts(f"{_STORE}_sum", host.deployment)
-        misses = self.counts(_MISSES, host.deployment)
-        if sum(counts) <= 0:
-            for name in ("base_s", "per_key_s"):
-                self.add(
-                    f"{prefix}.{name}",
-                    getattr(spec_store, name),
-                    math.nan,
-                    "s",
-                    "spec",
-                    status=Status.KEPT,
-                    note="no store lookups in the window",
-                )
-            return
-        keep = [i for i, n in enumerate(counts) if n > 0]
-        x = [misses[i] / counts[i] for i in keep]
-        y = [sums[i] / counts[i] for i in keep]
-        source = f"{_STORE} (midpoint sums), {_MISSES}"
-        self.add(
-            "observed.misses_per_lookup",
-            sum(misses) / sum(counts),
-            math.nan,
-            "",
-            f"{_MISSES} / lookups",
-            status=Status.OBSERVED,
-            note=f"{min(x):.3g}–{max(x):.3g} across sub-windows",
-        )
-        approximate = "approximate: Ray builds the histogram's _sum from bucket midpoints"
-        fitted = _line(x, y, [counts[i] for i in keep], self.min_spread)
-        if isinstance(fitted, _fitting.Line):
-            note = f"latency per lookup as base + per_key × misses over {len(x)} sub-windows"
-            self.add(
-                f"{prefix}.base_s",
-                fitted.intercept,
-                fitted.intercept_se,
-                "s",
-                source,
-                note=f"{note}; {approximate}",
-            )
-            self.add(f"{prefix}.per_key_s", fitted.slope, fitted.slope_se, "s", source)
-            return
-        per_key = spec_store.per_key_s
-        base, se = _fitting.ratio(
-            [sums[i] - per_key * misses[i] for i in keep], [counts[i] for i in keep]
-        )
-        note = f"latency per lookup less the spec's per_key_s × misses; {fitted}; {approximate}"
-        self.add(f"{prefix}.base_s", max(base, 0.0), se, "s", source, note=note)
-        self.add(f"{prefix}.per_key_s", per_key, math.nan, "s", "spec", status=Status.KEPT)
-
-    def cache(self, host: Host, seed: int) -> None:
-        lookup, dep, workload = host.lookup, host.deployment, self.spec.workload
-        assert lookup is not None
-        hits, misses = sum(self.counts(_HITS, dep)), sum(self.counts(_MISSES, dep))
-        lookups = hits + misses
-        if lookups <= 0:
-            raise InputError(
-                f"stage {lookup.name}: no cache lookups in the window ({_HITS}, {_MISSES} of "
-                f"deployment '{dep}'): every key was cut, or jizhi's metrics are not exported"
-            )
-        hit_rate = hits / lookups
-        self.add(
-            "observed.cache_hit_rate",
-            hit_rate,
-            math.sqrt(hit_rate * (1 - hit_rate) / lookups),
-            "",
-            f"{_HITS}, {_MISSES}",
-            status=Status.OBSERVED,
-            note=f"{hits:.0f} hits of {lookups:.0f} distinct keys per call; binomial s.e.",
-        )
-        requests, batches = sum(self.counts(_REQUESTS, dep)), sum(self.counts(_BATCHES, dep))
-        by_cut = self._alpha_from_cut(lookup, dep, requests)
-        policy, capacity = lookup.cache_policy or CachePolicy.NONE, lookup.cache_capacity or 0
-        if policy is CachePolicy.NONE or capacity == 0:
-            self.add(
-                "workload.zipf_alpha",
-                workload.zipf_alpha,
-                math.nan,
-                "",
-                "spec",
-                status=Status.KEPT,
-                note="no cache deployed: the hit rate says nothing of alpha",
-            )
-            return
-        batched = host.stage.max_batch_size > 1 and batches > 0
-        first = self.subs[0].window.before  # how warm the caches were when the window opened
-        before = first.total(_HITS, application=self.app, deployment=dep) + first.total(
-            _MISSES, application=self.app, deployment=dep
-        )
-        replicas = host.stage.replicas
-        segments = tuple(  # each sub-window's calls per replica and requests per call
-            (max(1, round(c / replicas)), r / c)
-            for r, c in zip(
-                self.counts(_REQUESTS, dep),
-                self.counts(_BATCHES, dep) if batched else self.counts(_REQUESTS, dep),
-                strict=True,
-            )
-            if c > 0
-        )
-        calls = sum(c for c, _ in segments)
-        setting = _fitting.CacheSetting(
-            policy=policy,
-            capacity=capacity,
-            vocab_size=workload.vocab_size,
-            keys_per_request=workload.keys_per_request,
-            cutoff_rank=lookup.cutoff_rank,
-            warm_calls=round(before / lookups * calls),
-            segments=segments,
-        )
-        prefer = by_cut.alpha if by_cut is not None else workload.zipf_alpha
-        fit = _fitting.alpha_from_hit_rate(setting, hit_rate, lookups, seed, prefer=prefer)
-        notes = [
-            f"replayed a {policy.value} cache of {capacity} keys per replica ({replicas} "
-            f"replica(s), {setting.warm_calls} calls of warm-up), vocab {workload.vocab_size}, "
-            f"{workload.keys_per_request} keys per request"
-            + (f", cut-off {lookup.cutoff_rank}" if lookup.cutoff_rank else "")
-        ]
-        if fit.at_bound:
-            notes.append(f"no alpha in {_fitting.ALPHA_RANGE} gives this hit rate: the nearest")
-        if fit.roots:
-            anchor = "the keys-cut estimate" if by_cut is not None else "the spec's alpha"
-            roots = ", ".join(f"{r:.3g}" for r in fit.roots)
-            notes.append(f"alphas {roots} all give this hit rate: took the one nearest {anchor}")
-        if by_cut is not None and abs(fit.alpha - by_cut.alpha) > max(
-            _ALPHA_AGREE, 3 * math.hypot(fit.se, by_cut.se)
-        ):
-            notes.append(
-                f"disagrees with the keys-cut estimate {by_cut.alpha:.3g}: check "
-                "vocab_size, keys per request and the cut-off against the deployment"
-            )
-        self.add(
-            "workload.zipf_alpha",
-            fit.alpha,
-            fit.se,
-            "",
-            f"{_HITS}, {_MISSES}",
-            note="; ".join(notes),
-        )
-
-    def _alpha_from_cut(
-        self, lookup: StageSpec, dep: str, requests: float
-    ) -> _fitting.AlphaFit | None:
-        """A check on alpha: the share of key references the cut-off skipped, P(rank ≥ K)."""
-        workload, cutoff = self.spec.workload, lookup.cutoff_rank
-        if cutoff is None or cutoff >= workload.vocab_size:
-            return None
-        cut, keys = sum(self.counts(_CUT, dep)), requests * workload.keys_per_request
-        if not 0 < cut < keys:
-            return None
-        fit = _fitting.alpha_from_cut(workload.vocab_size, cutoff, cut / keys, keys)
-        self.add(
-            "observed.zipf_alpha_from_cut",
-            fit.alpha,
-            fit.se,
-            "",
-            f"{_CUT} / key references",
-            status=Status.OBSERVED,
-            note=f"a check: {cut / keys:.4g} of key references had rank ≥ {cutoff}",
-        )
-        return fit
-
-
-def _line(x: list[float], y: list[float], w: list[float], min_spread: float) -> _fitting.Line | str:
-    """The regression where the data can carry a slope; otherwise why not (for the note)."""
-    if len(x) < 3:
-        return f"{len(x)} sub-window(s) cannot carry a slope (3 needed): the spec's is kept"
-    if min(x) <= 0 or max(x) < min_spread * min(x):
-        return (
-            f"x varied too little for a slope ({min(x):.3g}–{max(x):.3g}, {min_spread:g}× "
-            "needed): the spec's is kept"
-        )
-    fitted = _fitting.line(x, y, w)
-    if fitted.intercept < 0 or fitted.slope < 0:
-        return (
-            f"the regression gave a negative term ({fitted.intercept:.3g} "
-            f"{fitted.slope:+.3g} × x): the spec's slope is kept"
-        )
-    return fitted
 
 
 def _service_update(

@@ -23,6 +23,7 @@ __all__ = [
     "alpha_from_cut",
     "alpha_from_hit_rate",
     "line",
+    "line_or_why",
     "ratio",
     "simulated_hit_rate",
 ]
@@ -84,6 +85,26 @@ def line(x: Sequence[float], y: Sequence[float], w: Sequence[float]) -> Line:
         intercept_se=math.sqrt(s2 * (1.0 / total + mx * mx / sxx)),
         slope_se=math.sqrt(s2 / sxx),
     )
+
+
+def line_or_why(
+    x: Sequence[float], y: Sequence[float], w: Sequence[float], min_spread: float
+) -> Line | str:
+    """The regression where the data can carry a slope; otherwise why not (for the note)."""
+    if len(x) < 3:
+        return f"{len(x)} sub-window(s) cannot carry a slope (3 needed): the spec's is kept"
+    if min(x) <= 0 or max(x) < min_spread * min(x):
+        return (
+            f"x varied too little for a slope ({min(x):.3g}–{max(x):.3g}, {min_spread:g}× "
+            "needed): the spec's is kept"
+        )
+    fitted = line(x, y, w)
+    if fitted.intercept < 0 or fitted.slope < 0:
+        return (
+            f"the regression gave a negative term ({fitted.intercept:.3g} "
+            f"{fitted.slope:+.3g} × x): the spec's slope is kept"
+        )
+    return fitted
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autotune._fits import Fits, Fitted, Status, hosts_of, stage_deployments
+from autotune._lookup_fits import fit_cache, fit_store
 from autotune._windows import subwindows
 from serving.monitoring.live import Labels, Snapshot, replica_component
 from simulator.spec import PipelineSpec
@@ -157,8 +158,8 @@ def calibrate(
         fit.stage(host)
     lookup = next((h for h in hosts if h.lookup is not None), None)
     if lookup is not None:
-        fit.store(lookup)
-        fit.cache(lookup, seed)
+        fit_store(fit, lookup)
+        fit_cache(fit, lookup, seed)
     span = subs[-1].end - subs[0].start
     notes = [
         f"window {span:.0f} s ({subs[0].start:.0f}–{subs[-1].end:.0f} epoch s), "
