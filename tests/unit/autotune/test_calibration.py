@@ -8,6 +8,7 @@ costs back. Noise-free runs must come back exactly; noisy ones within the tolera
 from __future__ import annotations
 
 import http.server
+import itertools
 import json
 import math
 import re
@@ -150,6 +151,53 @@ def test_noise_free_synthetic_costs_come_back_exactly(noise_free: Calibration) -
     for path, expected in exact.items():
         assert value(cal, path) == pytest.approx(expected, rel=1e-9), path
     assert cal.get("stages.ranker.service.per_row_s").stderr == pytest.approx(0.0, abs=1e-12)
+
+
+_AGENT_GAUGES = ("ray_component_cpu_percentage", "ray_node_cpu_count", "ray_node_cpu_utilization")
+
+
+def _scraped_every(snapshots: list[Snapshot], parts: int, dropped: set[int]) -> list[Snapshot]:
+    """The run scraped `parts` times per sub-window (counters in between on a straight line,
+    gauges the sub-window's), with the agent's gauges missing from the scrapes in `dropped`, as
+    Ray's metrics endpoint now and then answers."""
+    out = [snapshots[0]]
+    for a, b in itertools.pairwise(snapshots):
+        for k in range(1, parts + 1):
+            f = k / parts
+            samples = {
+                key: value
+                if key[0] in _AGENT_GAUGES
+                else a.samples.get(key, 0.0) * (1 - f) + value * f
+                for key, value in b.samples.items()
+            }
+            if len(out) in dropped:
+                samples = {k: v for k, v in samples.items() if k[0] not in _AGENT_GAUGES}
+            out.append(Snapshot(a.at + f * (b.at - a.at), samples))
+    return out
+
+
+def test_scrapes_without_the_agents_gauges_leave_cpu_and_cores_unchanged(
+    noise_free: Calibration,
+) -> None:
+    # Every 5 s within the 20 s sub-windows; a fifth of the scrapes lack every CPU and node gauge,
+    # one sub-window's all but its last. Read as zero they took a fifth off every CPU cost.
+    snapshots = synthetic_run(TRUTH, gauge_noise=0.0, midpoint_sums=False)
+    dropped = {2, 6, 9, 13, 14, 15, 18, 22}
+    gappy = calibrate(spec(), _scraped_every(snapshots, 4, dropped), min_subwindow_s=20.0)
+    for path in ("overhead.proxy.mean_s", "stages.ingress.service.mean_s",
+                 "stages.features.service.base_s", "stages.ranker.service.base_s",
+                 "stages.ranker.service.per_row_s", "node.cores",
+                 "observed.node.speed_from_cpu"):  # fmt: skip
+        assert value(gappy, path) == pytest.approx(value(noise_free, path), rel=1e-6), path
+
+
+def test_a_window_whose_scrapes_all_lack_the_agents_gauges_is_refused() -> None:
+    snapshots = synthetic_run(TRUTH, gauge_noise=0.0, midpoint_sums=False)
+    gappy = _scraped_every(snapshots, 2, set(range(1, 13)))
+    gauges = {k: v for k, v in snapshots[1].samples.items() if k[0] in _AGENT_GAUGES}
+    gappy[0] = Snapshot(gappy[0].at, {**gappy[0].samples, **gauges})  # only the first has them
+    with pytest.raises(InputError, match="no scrape after the first"):
+        calibrate(spec(), gappy)
 
 
 def test_noisy_synthetic_costs_within_tolerance() -> None:
