@@ -1,5 +1,8 @@
 """The analysis half of `benchmarks/simulator_fidelity.py`: calibrate on some cases, predict all.
 
+A config measured in several rounds is one case (`fidelity_rounds.merge_rounds`: its probes' requests
+together); calibration reads each probe's own window of Ray's metrics.
+
 1. Each calibration case (`CALIBRATION`: the three deployments apart, so each process's CPU is its
    own stage's) is calibrated with `autotune.calibration.calibrate`. A parameter derived from CPU
    per request takes its marginal cost over the cases (value = marginal + idle / rate: idle CPU
@@ -36,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from fidelity_bursts import burst_profile, print_profiles
+from fidelity_rounds import DRIFT_CHECK, drift, merge_rounds, quiet_probes
 
 from autotune.calibration import Status, calibrate, calibrated_spec
 from autotune.latency_fit import Target, fit_hop, fit_latency, handle_hops
@@ -58,7 +62,6 @@ NOT_POOLED = ("workload.rate_rps",)  # each case is simulated at its own offered
 CALIBRATION = ("base", "batch-32-wait-20ms", "ranker-2", "cutoff-2000")
 INGRESS = "stages.ingress.service.base_s"
 HOP_PAIR = ("base", "features-in-ranker")
-DRIFT_CHECK = "base-again"  # simulator_fidelity.py's repeat of base at the end of the run
 BLOCK_S = 2.5  # the block bootstrap's block: longer than a slow spell, short against a probe
 DRAWS = 1000
 
@@ -251,14 +254,26 @@ def _spearman(a: list[float], b: list[float]) -> float:
     return float(spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic)
 
 
-def analyze(raw: dict[str, Any], out_dir: Path) -> dict[str, Any]:
-    cases = raw["cases"]
+def analyze(raw: dict[str, Any], out_dir: Path, *, all_probes: bool = False) -> dict[str, Any]:
+    """Calibrate, predict, compare (module docstring); with `all_probes`, probes on a busy host
+    count like the others."""
+    probes, noisy = (raw["cases"], []) if all_probes else quiet_probes(raw["cases"])
+    left_out = [c for c in raw["cases"] if not any(c is p for p in probes)]
+    if left_out:
+        print(f"left out {len(left_out)} probe(s) on a busy host (their config and rate measured "
+              "on a quiet one as well): " + ", ".join(
+                  f"{c['config']} at {c['rate']:g} req/s ({c['steal']:.0%})" for c in left_out))  # fmt: skip
+    if noisy:
+        print(f"only on a busy host: {', '.join(noisy)} (kept, flagged)")
+    cases = merge_rounds(probes)  # one case per config and rate
     chosen = set(CALIBRATION) | {HOP_PAIR[1]}
-    calibration_cases = [c for c in cases if c["config"] in CALIBRATION]
+    # Calibration reads each probe's own window (a round's Ray counters are its own).
+    calibration_cases = [c for c in probes if c["config"] in CALIBRATION]
     workload = _model_workload(raw["model"])
     spec, pooled, values = _pooled_spec(raw["spec"], workload, calibration_cases)
     print(
-        f"\ncalibrated on {len(calibration_cases)} cases ({', '.join(CALIBRATION)}), the hop on "
+        f"\ncalibrated on {len({(c['config'], c['rate']) for c in calibration_cases})} cases "
+        f"({len(calibration_cases)} probes: {', '.join(CALIBRATION)}), the hop on "
         f"{' vs '.join(HOP_PAIR)}; held out: {', '.join(sorted({c['config'] for c in cases} - chosen - {DRIFT_CHECK}))}"
     )
     for path, vs in sorted(values.items()):
@@ -308,7 +323,7 @@ def analyze(raw: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         print(f"probes on a busy host (the hypervisor took CPU time): {', '.join(busy)}")
     if bursts:
         print_profiles(bursts)
-    drift = _drift(rows)
+    moved = drift(rows, probes)
     summary = _summary(rows)
     for name, s in summary.items():
         print(f"{name}: " + ", ".join(f"{k} {v:+.2f}" if "rank" in k else f"{k} {v:.1%}"
@@ -318,7 +333,7 @@ def analyze(raw: dict[str, Any], out_dir: Path) -> dict[str, Any]:
                        "cv": cv, "hop_fit_slope": hop_fit.slope},
         "cases": rows,
         "summary": summary,
-        "drift": drift,
+        "drift": moved,
     }  # fmt: skip
     (out_dir / "fidelity.json").write_text(json.dumps(result, indent=2))
     _plot(rows, out_dir / "fidelity.png")
@@ -330,25 +345,6 @@ def _set_of(config: str, chosen: set[str]) -> str:
     if config == DRIFT_CHECK:
         return "drift check"
     return "calibration" if config in chosen else "held-out"
-
-
-def _drift(rows: list[dict[str, Any]]) -> dict[str, float]:
-    """How much the base config's measurement moved between the run's start and its end: the
-    measurement's own noise, the floor under any prediction error."""
-    first = {r["rate"]: r["measured"] for r in rows if r["config"] == "base"}
-    again = {r["rate"]: r["measured"] for r in rows if r["config"] == DRIFT_CHECK}
-    drift: dict[str, float] = {}
-    for rate in sorted(set(first) & set(again)):
-        for k in ("p50", "p99"):
-            a, b = first[rate][k], again[rate][k]
-            if a and b:
-                drift[f"{k} at {rate:g} req/s"] = b / a - 1
-    if drift:
-        print("drift check, base measured again at the end: " + ", ".join(
-            f"{k} {v:+.0%}" for k, v in drift.items()))  # fmt: skip
-    else:
-        print("no drift check in this run (base-again not measured)")
-    return drift
 
 
 def _print(rows: list[dict[str, Any]]) -> None:

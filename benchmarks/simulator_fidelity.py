@@ -3,11 +3,17 @@
 One run deploys `CONFIGS` (batch size, batch wait, replicas, cache capacity, cut-off, the fused
 shapes) one after another on a local Ray Serve (the example spec, one small model), drives each
 with `jizhi load` at each rate in `RATES` (open-loop Poisson, from the scheduled send time), and
-records, per case, the client's latency percentiles, per-request latencies and goodput and
-snapshots of Ray's metrics endpoint every `SNAPSHOT_S` seconds (about 30 minutes with 60 s probes:
-a p99 needs a few hundred requests; written to `--raw`). After each deploy,
-`WARMUP_S` seconds of load that is not measured warm the fresh replicas up (`FIRST_WARMUP_S`
-for the first config: a freshly started node runs slow for a minute or two).
+records, per probe, the client's latency percentiles, per-request records and goodput and
+snapshots of Ray's metrics endpoint every `SNAPSHOT_S` seconds (about 40 minutes with 60 s per
+case: a p99 needs a few hundred requests; written to `--raw`). After each deploy, `WARMUP_S`
+seconds of load that is not measured warm the fresh replicas up (`FIRST_WARMUP_S` for the first
+config: a freshly started node runs slow for a minute or two).
+
+It measures in `--rounds` rounds (2 by default), forward then backward through `CONFIGS`, each
+probe a round's share of `--probe-s`: this machine's speed drifts by a quarter or more within a
+run, and measured once in a fixed order the configs late in the run looked faster than the early
+ones (`fidelity_rounds`). With `--rounds 1` the base config is measured again at the end instead
+(`base-again`, the drift check).
 
 The analysis (`benchmarks/fidelity_analysis.py`; about 6 minutes) calibrates the spec with `jizhi
 calibrate`'s fitting on the calibration cases only (`CALIBRATION`, plus one fused config that
@@ -41,6 +47,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from fidelity_rounds import DRIFT_CHECK  # noqa: E402
+
 from jizhi.cli import main as jizhi  # noqa: E402
 from serving import cluster  # noqa: E402
 
@@ -66,10 +74,9 @@ CONFIGS: dict[str, tuple[str, ...]] = {
                        "ranker.batch_wait_timeout_s=0.002"),
     "ingress-2": ("ingress.replicas=2",),
 }  # fmt: skip
-# The base config once more at the end: how far the machine itself drifted over the run.
-DRIFT_CHECK = "base-again"
 RATES = (4.0, 10.0)
 SNAPSHOT_S = 2.0
+RECORD_KEYS = ("scheduled_s", "lateness_s", "latency_s", "outcome", "status")
 STEAL_WARN = 0.05  # a probe during which the hypervisor took more CPU than this is flagged
 SETTLE_S = 6.0  # after a deploy: replicas up, and two metric reports of the new config
 WARMUP_S = 8.0  # load not measured after each deploy: first calls into fresh replicas are slow
@@ -138,8 +145,9 @@ def probe(model: Path, rate: float, seconds: float, seed: int, out: Path) -> dic
     steal = (stolen_after - stolen) / max(total_after - total, 1)
     summary = json.loads(out.read_text())
     records = summary.pop("records", {})
-    # When each request was sent and how long it took: the analysis's interval for the p99.
-    summary["records"] = {k: records.get(k, []) for k in ("scheduled_s", "latency_s", "outcome")}
+    # Each request's send time, lateness, latency and outcome: the analysis's interval for the
+    # p99, its burst profile, and a config's rounds joined into one case (`fidelity_rounds`).
+    summary["records"] = {k: records.get(k, []) for k in RECORD_KEYS}
     return {
         "load": summary,
         "snapshots": snapshots,
@@ -148,25 +156,35 @@ def probe(model: Path, rate: float, seconds: float, seed: int, out: Path) -> dic
     }
 
 
+def plan(rounds: int) -> list[tuple[int, str, tuple[str, ...]]]:
+    """(round, config, overrides) in the order measured: forward, backward, forward, ... so that a
+    drifting machine moves every config alike; one round ends with the drift check instead."""
+    order = list(CONFIGS.items())
+    if rounds == 1:
+        return [(0, name, o) for name, o in [*order, (DRIFT_CHECK, CONFIGS["base"])]]
+    return [(k, name, o) for k in range(rounds) for name, o in (order[::-1] if k % 2 else order)]
+
+
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     model = ensure_model(args.model)
     started_head = cluster.ensure_head(num_cpus=8)
     cases: list[dict[str, Any]] = []
     began = time.monotonic()
+    probe_s = args.probe_s / args.rounds
     try:
-        plan = [*CONFIGS.items(), (DRIFT_CHECK, CONFIGS["base"])]
-        for c, (name, overrides) in enumerate(plan):
+        steps = plan(args.rounds)
+        for c, (k, name, overrides) in enumerate(steps):
             assignments = [*BASE, *overrides]
             sets = [item for a in assignments for item in ("--set", a)]
-            say(f"[{c + 1}/{len(plan)}] {name}: deploying ...")
+            say(f"[{c + 1}/{len(steps)}] {name} (round {k + 1} of {args.rounds}): deploying ...")
             assert jizhi(["serve", str(SPEC), "--model", str(model), *sets]) == 0
             time.sleep(SETTLE_S)
             warmup = args.raw.parent / "warmup.json"
             warmup_s = FIRST_WARMUP_S if c == 0 else WARMUP_S
             probe(model, RATES[-1], warmup_s, args.seed + 10 * c + 9, warmup)
             for r, rate in enumerate(RATES):
-                out = args.raw.parent / f"load-{name}-{rate:g}.json"
-                result = probe(model, rate, args.probe_s, args.seed + 10 * c + r, out)
+                out = args.raw.parent / f"load-{name}-{rate:g}-round{k + 1}.json"
+                result = probe(model, rate, probe_s, args.seed + 10 * c + r, out)
                 latency = result["load"]["latency_s"]
                 say(
                     f"    {rate:5.1f} req/s: p50 {latency['p50'] * 1e3:7.1f} ms, p99 "
@@ -175,23 +193,36 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                     f"{'  (a busy host: compare with care)' if result['busy_host'] else ''}"
                     f"  ({time.monotonic() - began:.0f} s)"
                 )
-                cases.append({"config": name, "assignments": assignments, "rate": rate, **result})
+                cases.append({
+                    "config": name, "assignments": assignments, "rate": rate, "round": k, **result,
+                })  # fmt: skip
                 time.sleep(2.0)
     finally:
         if started_head:
             jizhi(["serve", "--stop"])
-    return {"spec": str(SPEC), "model": str(model), "probe_s": args.probe_s, "cases": cases}
+    return {
+        "spec": str(SPEC), "model": str(model), "probe_s": args.probe_s, "rounds": args.rounds,
+        "cases": cases,
+    }  # fmt: skip
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=ROOT / "runs" / "fidelity-model")
     parser.add_argument("--raw", type=Path, default=ROOT / "out" / "fidelity" / "raw.json")
-    parser.add_argument("--probe-s", type=float, default=60.0)
+    parser.add_argument("--probe-s", type=float, default=60.0,
+                        help="seconds of load per config and rate, over all rounds")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="measure every config this many times, in counterbalanced order")  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--measure-only", action="store_true")
+    parser.add_argument("--all-probes", action="store_true",
+                        help="analyze probes on a busy host like the others (default: only where "
+                        "a config and rate has no probe on a quiet host)")  # fmt: skip
     parser.add_argument("--analyze-only", action="store_true")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1 (got {args.rounds})")
     args.raw.parent.mkdir(parents=True, exist_ok=True)
     if not args.analyze_only:
         raw = measure(args)
@@ -200,7 +231,7 @@ def main() -> int:
     if not args.measure_only:
         from fidelity_analysis import analyze
 
-        analyze(json.loads(args.raw.read_text()), args.raw.parent)
+        analyze(json.loads(args.raw.read_text()), args.raw.parent, all_probes=args.all_probes)
     return 0
 
 
