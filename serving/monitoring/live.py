@@ -15,14 +15,13 @@ bucket resolution; counts and bucket counts are exact.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -40,7 +39,6 @@ __all__ = [
     "Window",
     "component_cpu",
     "from_prometheus",
-    "gauge_mean",
     "node_cpu",
     "parse",
     "prefix_total",
@@ -393,20 +391,6 @@ def node_cpu(snapshot: Snapshot) -> tuple[float, float]:
         for labels, value in snapshot.series("ray_node_cpu_utilization", {}).items()
     )
     return sum(counts.values()), busy
-
-
-def gauge_mean(snapshots: Sequence[Snapshot], value: Callable[[Snapshot], float]) -> float:
-    """Time-weighted mean of a gauge over consecutive snapshots (NaN with fewer than two).
-
-    Each snapshot's value stands for the interval that ends at it: Ray's agent reports the CPU
-    used since its previous sample, so a gauge looks back, not forward.
-    """
-    ordered = sorted(snapshots, key=lambda s: s.at)
-    span = ordered[-1].at - ordered[0].at if ordered else 0.0
-    if span <= 0:
-        return math.nan
-    area = sum(value(b) * (b.at - a.at) for a, b in itertools.pairwise(ordered))
-    return area / span
 
 
 def _label_value(text: str) -> str:

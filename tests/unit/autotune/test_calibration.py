@@ -378,12 +378,6 @@ def test_recording_round_trip_and_bad_lines(tmp_path: Path) -> None:
         live.read_records([live.to_record(snapshot), '{"at": 1}'], "x")
 
 
-def test_gauge_mean_weighs_each_value_by_the_interval_before_it() -> None:
-    snaps = [Snapshot(at=t, samples={}) for t in (0.0, 1.0, 4.0)]
-    values = {0.0: 100.0, 1.0: 2.0, 4.0: 6.0}
-    assert live.gauge_mean(snaps, lambda s: values[s.at]) == pytest.approx((2 * 1 + 6 * 3) / 4)
-
-
 # --- the command --------------------------------------------------------------------------------
 
 
