@@ -15,7 +15,7 @@ run, and measured once in a fixed order the configs late in the run looked faste
 ones (`fidelity_rounds`). With `--rounds 1` the base config is measured again at the end instead
 (`base-again`, the drift check).
 
-The analysis (`benchmarks/fidelity_analysis.py`; about 6 minutes) calibrates the spec with `jizhi
+The analysis (`benchmarks/fidelity_analysis.py`; about 10 minutes) calibrates the spec with `jizhi
 calibrate`'s fitting on the calibration cases only (`CALIBRATION`, plus one fused config that
 identifies a handle hop's CPU), fits the share of a core the pipeline gets (`node.speed`) and the
 spread of CPU work (`cv`) to the calibration cases' p50 and p99, simulates every case with the
