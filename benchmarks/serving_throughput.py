@@ -22,13 +22,14 @@ same neighbours on this shared machine rather than whatever ran during one half 
 idle application's CPU is reported. A probe lasts `--probe-s` seconds, longer at low rates (up to
 twice that) for enough samples of the tail.
 
-Where the time goes, per probe: CPU seconds of every process on the machine by role (/proc: the
-HTTP proxy, each replica, Ray's own processes, the load client, everything else), and the deltas
-of Ray's and jizhi's histograms on the metrics port (proxy latency, per-deployment processing
-latency, batch wait, lookup and model time). Ray 2.60 exports a histogram's `_sum` from bucket
-midpoints, so those means are approximations at bucket resolution; counts are exact. Shown at the
-highest rate each config keeps up with and the next one up (overloaded), next to a request's own
-work measured in this process without Ray (the feature lookup and the dense model).
+Where the time goes, per probe (`benchmarks/serving_breakdown.py`): CPU seconds of every process
+on the machine by role (/proc: the HTTP proxy, each replica, Ray's own processes, the load client,
+everything else), and the deltas of Ray's and jizhi's histograms on the metrics port (proxy
+latency, per-deployment processing latency, batch wait, lookup and model time). Ray 2.60 exports a
+histogram's `_sum` from bucket midpoints, so those means are approximations at bucket resolution;
+counts are exact. Shown at the highest rate each config keeps up with and the next one up
+(overloaded), next to a request's own work measured in this process without Ray (the feature
+lookup and the dense model).
 
 The load client runs in up to `MAX_CLIENTS` processes (one per `CLIENT_RPS` req/s offered; one
 client costs ~0.6-0.9 ms CPU per request) on the same 2 cores as the server: its CPU is reported,
@@ -55,7 +56,6 @@ import math
 import multiprocessing as mp
 import os
 import platform
-import re
 import sys
 import time
 import urllib.error
@@ -70,13 +70,22 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from serving_breakdown import (  # noqa: E402
+    OTHERS,
+    breakdown,
+    cpu_by_role,
+    cpu_snapshot,
+    metric_deltas,
+    print_breakdown,
+    scrape,
+)
+
 from serving import cluster  # noqa: E402
 from serving.deploy import HTTP_PORT, serve_config  # noqa: E402
 from simulator import PipelineSpec, ServingConfig, apply_config, apply_overrides, load_spec  # noqa: E402
 from simulator.spec import Resources  # noqa: E402
 
 URL = f"http://127.0.0.1:{HTTP_PORT}"
-METRICS_URL = f"http://127.0.0.1:{cluster.METRICS_PORT}/metrics"
 TIMEOUT_S = 2.0  # a request slower than this is a timeout (an error), far beyond any SLO here
 CLIENT_RPS = 300.0  # offered req/s per load-client process
 MAX_CLIENTS = 3
@@ -232,133 +241,6 @@ def components(model_dir: Path, plan_ids: np.ndarray, batch_requests: int = 32) 
                 out[f"model_ms_per_request_batch_{label}"] = model_s / requests * 1e3
     finally:
         torch.set_num_threads(before)
-    return out
-
-
-# --- where the CPU goes: /proc --------------------------------------------------------------------
-
-_CLK_TCK = os.sysconf("SC_CLK_TCK")
-OTHERS = "processes not ours (other work, kernel)"
-RAY_OWN = "Ray (raylet, GCS, dashboard, agents)"
-
-
-def _role(pid: int, ppid: int, cmdline: str) -> str:
-    if pid == os.getpid():
-        return "benchmark script"
-    if ppid == os.getpid() and "multiprocessing" in cmdline:
-        return "load client"
-    if cmdline.startswith("ray::ProxyActor"):
-        return "HTTP proxy"
-    if cmdline.startswith("ray::ServeReplica:"):  # ray::ServeReplica:APP:DEPLOYMENT
-        app, _, deployment = (
-            cmdline.split(maxsplit=1)[0].removeprefix("ray::ServeReplica:").partition(":")
-        )
-        return f"{app} {deployment}"
-    if cmdline.startswith("ray::ServeController"):
-        return "Serve controller"
-    if cmdline.startswith(("ray::", "ray-dashboard")) or "site-packages/ray/" in cmdline:
-        return RAY_OWN
-    return OTHERS
-
-
-Snapshot = tuple[float, float, dict[int, tuple[str, float]]]
-
-
-def cpu_snapshot() -> Snapshot:
-    """(wall clock, busy CPU seconds of the whole machine, {pid: (role, CPU seconds)})."""
-    with Path("/proc/stat").open() as f:
-        ticks = [int(x) for x in f.readline().split()[1:]]
-    busy = (sum(ticks[:8]) - ticks[3] - ticks[4]) / _CLK_TCK  # all but idle and iowait
-    procs: dict[int, tuple[str, float]] = {}
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        pid = int(entry.name)
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, UnicodeDecodeError):
-            continue
-        fields = stat[stat.rfind(")") + 2 :].split()  # fields from the 3rd (state) on
-        seconds = (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime + stime
-        procs[pid] = (_role(pid, int(fields[1]), cmdline.strip()), seconds)
-    return time.monotonic(), busy, procs
-
-
-def cpu_by_role(before: Snapshot, after: Snapshot) -> dict[str, Any]:
-    """CPU seconds per role between two snapshots. Processes not ours also get the kernel's share
-    and processes that ended in between: what the machine's total has that no live process of a
-    known role explains."""
-    roles: dict[str, float] = {}
-    for pid, (role, seconds) in after[2].items():
-        start = before[2].get(pid, (role, 0.0))[1]
-        roles[role] = roles.get(role, 0.0) + max(0.0, seconds - start)
-    total = after[1] - before[1]
-    known = sum(v for k, v in roles.items() if k != OTHERS)
-    roles[OTHERS] = max(0.0, total - known)
-    return {
-        "wall_s": after[0] - before[0],
-        "busy_s": total,
-        "cores": os.cpu_count() or 1,
-        "by_role_s": roles,
-    }
-
-
-# --- what Ray and jizhi export ----------------------------------------------------------------------
-
-_LINE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
-_HISTOGRAMS = (
-    "ray_serve_deployment_processing_latency_ms",
-    "ray_serve_http_request_latency_ms",
-    "ray_serve_batch_wait_time_ms",
-    "ray_serve_batch_execution_time_ms",
-    "ray_jizhi_stage_latency_seconds",
-    "ray_jizhi_ranker_batch_rows",
-    "ray_jizhi_store_lookup_seconds",
-)
-_COUNTERS = ("ray_jizhi_cache_hits_total", "ray_jizhi_cache_misses_total")
-
-
-def scrape(app: str) -> dict[str, float]:
-    """Sums and counts of the histograms above (and the counters) of one application, per
-    deployment; {} when the metrics port does not answer."""
-    try:
-        with urllib.request.urlopen(METRICS_URL, timeout=10) as response:
-            text = response.read().decode()
-    except (urllib.error.URLError, OSError):
-        return {}
-    out: dict[str, float] = {}
-    for line in text.splitlines():
-        if not line.startswith("ray_") or not (m := _LINE.match(line)):
-            continue
-        name, labels, value = m.groups()
-        base = name.removesuffix("_sum").removesuffix("_count")
-        if not (base in _HISTOGRAMS and name != base) and name not in _COUNTERS:
-            continue
-        tags = dict(_LABEL.findall(labels or ""))
-        if tags.get("application") != app:
-            continue
-        key = f"{name}|{tags.get('deployment') or 'all'}"
-        try:
-            out[key] = out.get(key, 0.0) + float(value)
-        except ValueError:
-            continue
-    return out
-
-
-def metric_deltas(before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
-    """Per histogram and deployment: count and mean over the window; the counters' increase."""
-    delta = {k: after[k] - before.get(k, 0.0) for k in after}
-    out: dict[str, Any] = {}
-    for key, value in delta.items():
-        name, who = key.split("|")
-        if name.endswith("_count") and value > 0:
-            base = name.removesuffix("_count")
-            total = delta.get(f"{base}_sum|{who}", 0.0)
-            out.setdefault(base, {})[who] = {"count": value, "mean": total / value}
-        elif name in _COUNTERS:
-            out.setdefault(name, {})[who] = value
     return out
 
 
@@ -631,110 +513,6 @@ def probe_line(p: Probe, criteria: Sequence[Criterion]) -> str:
     )
 
 
-# --- where the time goes --------------------------------------------------------------------------
-
-
-def breakdown(p: Probe, idle: dict[str, Any] | None) -> dict[str, Any]:
-    """CPU ms per ok request by role (as measured, and net of what the role takes with no load at
-    all, from `idle`), and mean latencies along a request's path."""
-    ok = max(1, p.summary["ok"])
-    wall = p.cpu["wall_s"]
-    idle_rate = {k: v / idle["wall_s"] for k, v in idle["by_role_s"].items()} if idle else {}
-    gross: dict[str, float] = {}
-    net: dict[str, float] = {}
-    for role, seconds in p.cpu["by_role_s"].items():
-        if role == OTHERS:
-            continue
-        app, _, deployment = role.partition(" ")
-        shown = role
-        if app in APPS and deployment:
-            shown = deployment if app == p.app else "the other config's replicas (idle)"
-        gross[shown] = gross.get(shown, 0.0) + seconds / ok * 1e3
-        background = idle_rate.get(role, 0.0) * wall
-        net[shown] = net.get(shown, 0.0) + max(0.0, seconds - background) / ok * 1e3
-    m = p.metrics
-
-    def mean(name: str, who: str, scale: float = 1.0) -> float | None:
-        entry = m.get(name, {}).get(who)
-        return None if entry is None else float(entry["mean"]) * scale
-
-    def count(name: str, who: str) -> float:
-        return float(m.get(name, {}).get(who, {}).get("count", 0.0))
-
-    e2e = p.summary["latency_s"]["mean_ok"]
-    proxy = mean("ray_serve_http_request_latency_ms", "all")
-    ingress = mean("ray_serve_deployment_processing_latency_ms", "Ingress")
-    features = mean("ray_serve_deployment_processing_latency_ms", "Features")
-    ranker = mean("ray_serve_deployment_processing_latency_ms", "Ranker")
-    batches = count("ray_jizhi_stage_latency_seconds", "Ranker")
-    ranker_requests = count("ray_serve_deployment_processing_latency_ms", "Ranker")
-    path: dict[str, float | None] = {
-        "client, end to end (mean of ok requests; exact)": None if e2e is None else e2e * 1e3,
-        "HTTP proxy: request in to response out": proxy,
-        "Ingress handler (awaits the stages)": ingress,
-        "Features handler": features,
-        "  feature lookup (jizhi, per call)": mean(
-            "ray_jizhi_stage_latency_seconds", "Features", 1e3
-        ),
-        "Ranker handler (batch wait + batch)": ranker,
-        "  batch wait (Ray, per batch)": mean("ray_serve_batch_wait_time_ms", "Ranker"),
-        "  batch: lookup if fused + model (jizhi, per batch)": mean(
-            "ray_jizhi_stage_latency_seconds", "Ranker", 1e3
-        ),
-        "  store multi-get (jizhi, per call)": mean(
-            "ray_jizhi_store_lookup_seconds", "Features", 1e3
-        )
-        or mean("ray_jizhi_store_lookup_seconds", "Ranker", 1e3),
-    }
-    derived: dict[str, float | None] = {
-        "requests per batch (exact: from counts)": ranker_requests / batches if batches else None,
-    }
-    if proxy is not None and ingress is not None:
-        derived["≈ proxy's own work + hop to Ingress + queue for it"] = proxy - ingress
-    if ingress is not None and ranker is not None:
-        derived["≈ Ingress's own work + its hops to the stages"] = (
-            ingress - ranker - (features or 0)
-        )
-    capacity = wall * p.cpu["cores"]
-    return {
-        "offered_rps": p.rate,
-        "goodput_rps": p.summary["goodput_rps"],
-        "ok_requests": p.summary["ok"],
-        "cpu_ms_per_ok_request": gross,
-        "cpu_ms_per_ok_request_net_of_idle": net,
-        "cpu_busy_fraction": p.cpu["busy_s"] / capacity if capacity else None,
-        "others_fraction": p.others_share(),
-        "latency_ms": path,
-        "derived": derived,
-    }
-
-
-def print_breakdown(label: str, b: dict[str, Any]) -> None:
-    say(
-        f"\n  {label}: {b['offered_rps']:.1f} req/s offered, {b['goodput_rps']:.1f} ok/s "
-        f"({b['ok_requests']} ok requests)"
-    )
-    busy, others = b["cpu_busy_fraction"] or 0.0, b["others_fraction"]
-    say(
-        f"    the machine was {busy:.0%} busy; processes not ours took {others:.0%} of it. "
-        "Our CPU per ok request:"
-    )
-    gross, net = b["cpu_ms_per_ok_request"], b["cpu_ms_per_ok_request_net_of_idle"]
-    say(f"      {'process':45s} {'measured':>9s} {'net of idle':>12s}")
-    for role, ms in sorted(net.items(), key=lambda kv: -kv[1]):
-        if gross[role] >= 0.05:
-            say(f"      {role:45s} {gross[role]:6.2f} ms {ms:9.2f} ms")
-    say(f"      {'all of ours':45s} {sum(gross.values()):6.2f} ms {sum(net.values()):9.2f} ms")
-    say("    latency, means over the window (Ray's _sum is from bucket midpoints: approximate):")
-    for name, value in b["latency_ms"].items():
-        if value is not None:
-            say(f"      {name:56s} {value:7.2f} ms")
-    for name, value in b["derived"].items():
-        if value is not None:
-            unit = "" if "per batch" in name else " ms"
-            say(f"      {name:56s} {value:7.2f}{unit}")
-
-
 # --- the plot ---------------------------------------------------------------------------------------
 
 
@@ -968,9 +746,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "p50_at_lowest_rate_s": by_rate[0].summary["latency_s"]["p50"] if by_rate else None,
             "lowest_rate": by_rate[0].rate if by_rate else None,
             "probes": [p.to_dict(criteria) for p in probes[name]],
-            "breakdown_keeps_up": breakdown(top, idle) if top else None,
-            "breakdown_overloaded": breakdown(over, idle) if over else None,
-            "breakdown_slo": breakdown(best, idle) if best else None,
+            "breakdown_keeps_up": breakdown(top, idle, APPS) if top else None,
+            "breakdown_overloaded": breakdown(over, idle, APPS) if over else None,
+            "breakdown_slo": breakdown(best, idle, APPS) if best else None,
         }
     results["served"] = served
     results["machine_at_end"] = machine()
@@ -979,6 +757,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
     plot = args.out.with_suffix(".png")
+    if not any(result["probes"] for result in served.values()):
+        say(f"\nno probe ran within --budget-s {args.budget_s:g}: wrote {args.out}, no plot")
+        return 0
     write_plot(plot, served, slo, keeps_up)
     say(f"\nwrote {args.out} and {plot} ({results['elapsed_s'] / 60:.1f} min in all)")
     return 0
