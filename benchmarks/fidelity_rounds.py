@@ -25,21 +25,27 @@ import numpy as np
 
 from serving.loadgen import Outcome, RequestRecords, summarize
 
-__all__ = ["DRIFT_CHECK", "drift", "merge_rounds", "quiet_probes", "round_changes"]
+__all__ = ["DRIFT_CHECK", "RECORD_KEYS", "drift", "merge_rounds", "quiet_probes", "round_changes"]
 
 DRIFT_CHECK = "base-again"  # one round: simulator_fidelity.py measures base again at the end
 
 GAP_S = 5.0  # between one round's requests and the next's, once joined (the queues drain)
-_RECORD_KEYS = ("scheduled_s", "lateness_s", "latency_s", "outcome", "status")
+RECORD_KEYS = ("scheduled_s", "lateness_s", "latency_s", "outcome", "status")  # kept per probe
 _CODES = {o.value: i for i, o in enumerate(Outcome)}
+
+
+def _by_case(cases: list[dict[str, Any]]) -> dict[tuple[str, float], list[dict[str, Any]]]:
+    """Probes by (config, rate), in the order first measured."""
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for case in cases:
+        groups.setdefault((case["config"], case["rate"]), []).append(case)
+    return groups
 
 
 def quiet_probes(cases: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[str]]:
     """Per config and rate, the probes not on a busy host; all of them where every one was (their
     config and rate named in the second list)."""
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
-    for case in cases:
-        groups.setdefault((case["config"], case["rate"]), []).append(case)
+    groups = _by_case(cases)
     kept: list[dict[str, Any]] = []
     noisy: list[str] = []
     for (config, rate), probes in groups.items():
@@ -52,9 +58,7 @@ def quiet_probes(cases: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], lis
 
 def merge_rounds(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One case per (config, rate), in first-measured order; a config's rounds joined."""
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
-    for case in cases:
-        groups.setdefault((case["config"], case["rate"]), []).append(case)
+    groups = _by_case(cases)
     return [_joined(rounds) if len(rounds) > 1 else rounds[0] for rounds in groups.values()]
 
 
@@ -63,11 +67,11 @@ def _duration_s(load: dict[str, Any]) -> float:
 
 
 def _joined(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    parts: dict[str, list[Any]] = {k: [] for k in _RECORD_KEYS}
+    parts: dict[str, list[Any]] = {k: [] for k in RECORD_KEYS}
     offset = 0.0
     for case in rounds:
         records = case["load"]["records"]
-        missing = [k for k in _RECORD_KEYS if k not in records]
+        missing = [k for k in RECORD_KEYS if k not in records]
         if missing:
             raise ValueError(
                 f"{case['config']} at {case['rate']:g} req/s: the raw file's records lack "
@@ -79,7 +83,7 @@ def _joined(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         parts["outcome"].append(np.asarray([_CODES[o] for o in records["outcome"]], np.int8))
         parts["status"].append(np.asarray(records["status"], np.int16))
         offset += case["load"]["elapsed_s"] + GAP_S
-    joined = RequestRecords(*(np.concatenate(parts[k]) for k in _RECORD_KEYS))
+    joined = RequestRecords(*(np.concatenate(parts[k]) for k in RECORD_KEYS))
     loads = [case["load"] for case in rounds]
     duration = sum(_duration_s(load) for load in loads)
     elapsed = sum(load["elapsed_s"] for load in loads)
@@ -112,9 +116,7 @@ def _joined(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 def round_changes(cases: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per config and rate measured in several rounds: its last round's p50 and p99 against its
     first's (last / first − 1), keyed "CONFIG at RATE req/s"."""
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
-    for case in cases:
-        groups.setdefault((case["config"], case["rate"]), []).append(case)
+    groups = _by_case(cases)
     changes: dict[str, dict[str, float]] = {}
     for (config, rate), rounds in groups.items():
         if len(rounds) < 2:

@@ -47,7 +47,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fidelity_rounds import DRIFT_CHECK  # noqa: E402
+from fidelity_rounds import DRIFT_CHECK, RECORD_KEYS  # noqa: E402
 
 from jizhi.cli import main as jizhi  # noqa: E402
 from serving import cluster  # noqa: E402
@@ -76,7 +76,6 @@ CONFIGS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 RATES = (4.0, 10.0)
 SNAPSHOT_S = 2.0
-RECORD_KEYS = ("scheduled_s", "lateness_s", "latency_s", "outcome", "status")
 STEAL_WARN = 0.05  # a probe during which the hypervisor took more CPU than this is flagged
 SETTLE_S = 6.0  # after a deploy: replicas up, and two metric reports of the new config
 WARMUP_S = 8.0  # load not measured after each deploy: first calls into fresh replicas are slow
